@@ -1,0 +1,151 @@
+"""What every admin page shares: the signed-in session, error display, pictures with face boxes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import streamlit as st
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from admin_ui.client import Api, ApiError
+
+T = TypeVar("T")
+
+#: the API's reason codes in plain words
+REASONS = {
+    "no_face": "no face found",
+    "several_faces_no_hint": "several faces: choose which one is the child",
+    "hint_matches_no_face": "the chosen area has no face",
+    "too_small": "face too small (move closer)",
+    "blurred": "photo blurred",
+    "profile": "face turned away (look at the camera)",
+    "tilted": "head tilted too much",
+    "low_detector_score": "face not clear enough",
+    "low_quality": "photo quality too low",
+    "invalid_image": "not a photo the system can read",
+    "too_many_pixels": "photo too large",
+    "duplicate_image": "this photo is already enrolled",
+    "child_not_active": "the child is archived",
+}
+DECISION_WORDS = {"match": "Recognised", "review": "Not sure - needs review", "unknown": "Unknown"}
+DECISION_COLOURS = {"match": "#1a9850", "review": "#f39c12", "unknown": "#d73027"}
+
+
+def reasons_text(codes: list[str]) -> str:
+    return ", ".join(REASONS.get(c, c.replace("_", " ")) for c in codes)
+
+
+def api() -> Api:
+    """The API client of this browser session (carries the sign-in token)."""
+    if "api" not in st.session_state:
+        st.session_state.api = Api(token=st.session_state.get("token"))
+    return st.session_state.api
+
+
+def user() -> dict[str, Any] | None:
+    return st.session_state.get("user")
+
+
+def can(permission: str) -> bool:
+    current = user()
+    return bool(current) and permission in current.get("permissions", [])
+
+
+def sign_in(token: str, me: dict[str, Any]) -> None:
+    st.session_state.token = token
+    st.session_state.user = me
+    api().token = token
+
+
+def sign_out() -> None:
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+
+
+def call(action: Callable[[], T], *, success: str | None = None) -> T | None:
+    """Run an API call; show a plain error (never a stack trace) and return None when it fails."""
+    try:
+        result = action()
+    except ApiError as exc:
+        if exc.status == 401 and user() is not None:
+            sign_out()
+        st.error(exc.message, icon=":material/error:")
+        return None
+    if success:
+        # kept for the next run too: most actions rerun the page to show the new state
+        st.session_state.flash = success
+        st.success(success, icon=":material/check_circle:")
+    return result
+
+
+def require(permission: str) -> None:
+    """Stop the page for people whose role does not allow it; show the last action's result."""
+    if not can(permission):
+        st.warning("Your account is not allowed to use this page.")
+        st.stop()
+    flash = st.session_state.pop("flash", None)
+    if flash:
+        st.success(flash, icon=":material/check_circle:")
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def _thumbnail(token: str, face_id: int) -> bytes:
+    return Api(token=token).get_bytes(f"/faces/{face_id}/thumbnail")
+
+
+def thumbnail(face_id: int) -> bytes | None:
+    try:
+        return _thumbnail(st.session_state.get("token", ""), face_id)
+    except ApiError:
+        return None
+
+
+def data_url(jpeg: bytes | None) -> str | None:
+    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+
+
+def children_options(status: str | None = "active") -> dict[int, str]:
+    """Child id -> 'Name (external id)' for pickers."""
+    page = call(lambda: api().get("/children", status=status, limit=500))
+    if not page:
+        return {}
+    return {c["id"]: f"{c['name']} ({c['external_id']})" for c in page["items"]}
+
+
+def detect(name: str, data: bytes) -> dict[str, Any] | None:
+    """The API's face detection for a photo, remembered for this session (pages rerun often)."""
+    cache = st.session_state.setdefault("detections", {})
+    key = hashlib.sha256(data).hexdigest()
+    if key not in cache:
+        found = call(lambda: api().post("/detect", files={"file": (name, data)}))
+        if found is None:
+            return None
+        cache[key] = found
+    return cache[key]
+
+
+def open_image(data: bytes) -> Image.Image:
+    # upright as the camera meant it, like the server's decoder, so boxes line up
+    return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+
+
+def draw_boxes(data: bytes, boxes: list[tuple[list[float], str, str]]) -> Image.Image:
+    """The photo with each (box, label, colour) drawn on it."""
+    image = open_image(data)
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 300))
+    font = ImageFont.load_default(size=max(12, round(max(image.size) / 45)))
+    for box, label, colour in boxes:
+        x1, y1, x2, y2 = box
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
+        if label:
+            _, _, text_w, text_h = draw.textbbox((0, 0), label, font=font)
+            lift = text_h + 2 * width
+            y = y1 - lift if y1 - lift >= 0 else y2  # above the box, or below it at the top edge
+            draw.rectangle((x1, y, x1 + text_w + 2 * width, y + lift), fill=colour)
+            draw.text((x1 + width, y + width), label, fill="white", font=font)
+    return image

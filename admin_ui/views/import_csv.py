@@ -1,0 +1,85 @@
+"""Import: a CSV of children's photos plus a zip of the photos; check first, then import with progress."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from admin_ui import ui
+
+ui.require("enroll")
+api = ui.api()
+st.title("Import children and photos")
+st.caption("One line per photo: child ID, photo file name, and optionally the face box, name, group, mask, "
+           "arousal and valence. Photos go in one zip file. Rows already imported are skipped, so you can "
+           "import the same files again after an interruption.")
+
+csv_file = st.file_uploader("CSV file", type=["csv", "txt"], key="import_csv")
+zip_file = st.file_uploader("Photos (zip)", type=["zip"], key="import_zip")
+
+
+def files() -> dict[str, tuple[str, bytes]]:
+    return {"csv": (csv_file.name, csv_file.getvalue()), "photos": (zip_file.name, zip_file.getvalue())}
+
+
+ACTIONS = {"import": "will be imported", "done": "already imported", "duplicate": "duplicate",
+           "refused": "cannot be imported"}
+
+if csv_file is not None and zip_file is not None:
+    if st.button("Check", key="import_check", icon=":material/fact_check:"):
+        with st.spinner("Checking every row..."):
+            st.session_state.import_plan = ui.call(lambda: api.post("/imports/check", files=files()))
+    plan = st.session_state.get("import_plan")
+    if plan:
+        counts = plan["counts"]
+        metrics = st.columns(5)
+        metrics[0].metric("Rows", counts["rows"])
+        metrics[1].metric("To import", counts["to_import"])
+        metrics[2].metric("Already imported", counts["already_imported"])
+        metrics[3].metric("Duplicates", counts["duplicate"])
+        metrics[4].metric("Cannot import", counts["refused"])
+        st.write(f"New children: {counts['new_children']} · new photos: {counts['new_photos']} · "
+                 f"face box: {plan['box_rule']}")
+        problems = [r for r in plan["rows"] if r["action"] in {"duplicate", "refused"}]
+        if problems:
+            st.dataframe([{"Line": r["line"], "Child": r["child_id"], "Photo": r["image"],
+                           "Outcome": ACTIONS[r["action"]], "Why": r["reason"]} for r in problems],
+                         hide_index=True, width="stretch", key="import_problems")
+        if counts["to_import"] and st.button(f"Import {counts['to_import']} row(s)", type="primary",
+                                             key="import_run"):
+            run = ui.call(lambda: api.post("/imports", files=files()))
+            if run:
+                bar = st.progress(0.0, text="Importing...")
+                while run and run["status"] == "running":
+                    bar.progress(run["done"] / max(1, run["total"]),
+                                 text=f"Importing... {run['done']} of {run['total']} rows")
+                    time.sleep(0.5)
+                    run = ui.call(lambda run=run: api.get(f"/imports/{run['id']}"))
+                if run:
+                    bar.progress(1.0, text="Done")
+                    st.session_state.import_plan = None
+                    st.session_state.last_import = run["id"]
+                    c = run["counts"]
+                    message = (f"Import finished: {c.get('imported', 0)} imported, {c.get('duplicate', 0)} "
+                               f"duplicates, {c.get('refused', 0)} could not be imported, "
+                               f"{c.get('children_created', 0)} new children.")
+                    (st.success if run["status"] == "finished" else st.error)(
+                        message if run["status"] == "finished" else "The import stopped early. " + message)
+
+st.subheader("Recent imports")
+runs = ui.call(lambda: api.get("/imports", limit=10)) or []
+if not runs:
+    st.caption("No imports yet.")
+for run in runs:
+    with st.container(border=True):
+        c = run["counts"]
+        st.markdown(f"**Import {run['id']}** · {run['source_name']} · {run['status']} · "
+                    f"by {run['started_by']}")
+        st.caption(f"{c.get('imported', 0)} imported, {c.get('duplicate', 0)} duplicates, "
+                   f"{c.get('refused', 0)} could not be imported · started {run['started_at'][:19]}")
+        if run["report_available"]:
+            report = ui.call(lambda run=run: api.get_bytes(f"/imports/{run['id']}/report"))
+            if report is not None:
+                st.download_button("Download report", report, file_name=f"import-{run['id']}-report.csv",
+                                   mime="text/csv", key=f"import_report_{run['id']}")

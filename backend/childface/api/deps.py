@@ -1,0 +1,137 @@
+"""Request dependencies: the runtime, who is calling, and what they may do.
+
+Two ways in: staff send `Authorization: Bearer <session token>` (from
+`POST /auth/login`), other systems send `X-API-Key: <key>`. Each caller gets a
+set of permissions:
+
+| permission | staff roles            | API key scopes      | allows                                  |
+|------------|------------------------|---------------------|-----------------------------------------|
+| read       | viewer, staff, admin   | enroll, admin       | children, faces, thumbnails, audit      |
+| enroll     | staff, admin           | enroll, admin       | create children, upload photos          |
+| write      | staff, admin           | admin               | edit, archive, merge, faces, review     |
+| recognize  | staff, admin           | recognize, admin    | /recognize, /verify, /detect            |
+| erase      | admin                  | admin               | irreversible erasure                    |
+| admin      | admin                  | admin               | users, API keys, settings, calibration  |
+
+No credentials -> 401; credentials without the permission -> 403.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from childface.api.schemas import MAX_ROW_ID
+from childface.db.models import ApiKey, Role
+from childface.db.session import Actor
+from childface.services import accounts
+from childface.services.errors import Forbidden, Unauthorized
+from childface.services.runtime import Runtime
+
+ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
+    Role.viewer: frozenset({"read"}),
+    Role.staff: frozenset({"read", "enroll", "write", "recognize"}),
+    Role.admin: frozenset({"read", "enroll", "write", "recognize", "erase", "admin"}),
+}
+SCOPE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "recognize": frozenset({"recognize"}),
+    "enroll": frozenset({"read", "enroll"}),
+    "admin": ROLE_PERMISSIONS[Role.admin],
+}
+#: an API key's `last_used_at` is written at most this often (a write per request would
+#: serialise every recognition on SQLite's single writer)
+LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+_bearer = HTTPBearer(auto_error=False, description="Staff session token from POST /auth/login")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key of another system")
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+#: a row id in a path or a query string (out-of-range numbers are a 422, never a database error)
+PathId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+QueryId = Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)]
+Offset = Annotated[int, Query(ge=0, le=MAX_ROW_ID)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller."""
+
+    kind: str  # "user" | "api_key"
+    name: str
+    permissions: frozenset[str]
+    role: Role | None = None
+    scopes: tuple[str, ...] = ()
+    token: str | None = None
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.kind, self.name)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _touch_key(runtime: Runtime, key: ApiKey) -> None:
+    now = datetime.now(UTC)
+    if key.last_used_at is not None and now - _aware(key.last_used_at) < LAST_USED_GRANULARITY:
+        return
+    with runtime.db.transaction() as session:
+        row = session.get(ApiKey, key.id)
+        if row is not None:
+            row.last_used_at = now
+
+
+def get_principal(
+    runtime: RuntimeDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal:
+    if api_key:
+        key = accounts.find_api_key(db=runtime.db, plaintext=api_key)
+        if key is None:
+            raise Unauthorized("unknown or revoked API key", code="invalid_api_key")
+        _touch_key(runtime, key)
+        permissions = frozenset().union(*(SCOPE_PERMISSIONS.get(s, frozenset()) for s in key.scopes))
+        return Principal(kind="api_key", name=key.name, permissions=permissions, scopes=tuple(key.scopes))
+    if bearer is not None and bearer.credentials:
+        user = accounts.user_for_token(db=runtime.db, token=bearer.credentials)
+        if user is None:
+            raise Unauthorized("the session token is invalid or expired; sign in again", code="invalid_token")
+        return Principal(
+            kind="user",
+            name=user.username,
+            permissions=ROLE_PERMISSIONS[user.role],
+            role=user.role,
+            token=bearer.credentials,
+        )
+    raise Unauthorized("sign in (Authorization: Bearer <token>) or send an X-API-Key header")
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require(permission: str):  # noqa: ANN201 - returns a FastAPI dependency
+    def check(principal: CurrentPrincipal) -> Principal:
+        if permission not in principal.permissions:
+            raise Forbidden(f"this needs the {permission!r} permission", code="forbidden")
+        return principal
+
+    return check
+
+
+Reader = Annotated[Principal, Depends(require("read"))]
+Enroller = Annotated[Principal, Depends(require("enroll"))]
+Writer = Annotated[Principal, Depends(require("write"))]
+Recognizer = Annotated[Principal, Depends(require("recognize"))]
+Eraser = Annotated[Principal, Depends(require("erase"))]
+Admin = Annotated[Principal, Depends(require("admin"))]

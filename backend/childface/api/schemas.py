@@ -1,0 +1,396 @@
+"""Public request and response schemas of the HTTP API (separate from the table models).
+
+Clients (the admin UI included) may import these; they depend on pydantic only.
+Field names here are the contract other systems rely on: add fields, never
+rename or remove them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Decision = Literal["match", "review", "unknown"]
+
+#: Row ids are 64-bit signed integers on both back ends; larger numbers are invalid input, not a fault.
+MAX_ROW_ID = 2**63 - 1
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
+
+
+class RequestBody(BaseModel):
+    """Base of every JSON request body: text fields must not carry NUL characters.
+
+    PostgreSQL cannot store NUL in text and SQLite would keep it silently, so it
+    is refused at the edge, the same on both back ends.
+    """
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("text must not contain NUL characters")
+        return value
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable reason, e.g. not_found, duplicate_image.")
+    message: str = Field(description="What went wrong, for a person.")
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# --- auth and accounts ---------------------------------------------------------
+
+
+class LoginRequest(RequestBody):
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=1000)
+
+
+class UserPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    role: str
+    active: bool
+    created_at: datetime
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_at: datetime
+    user: UserPublic
+
+
+class Me(BaseModel):
+    kind: Literal["user", "api_key"]
+    name: str
+    role: str | None
+    scopes: list[str]
+    permissions: list[str]
+
+
+class UserCreate(RequestBody):
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=8, max_length=1000)
+    role: Literal["admin", "staff", "viewer"] = "staff"
+
+
+class ApiKeyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    revoked: bool
+    created_by: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class ApiKeyCreate(RequestBody):
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[Literal["recognize", "enroll", "admin"]] = Field(min_length=1)
+
+
+class ApiKeyIssued(ApiKeyPublic):
+    key: str = Field(description="The key itself: shown once, only its hash is kept.")
+
+
+# --- children ------------------------------------------------------------------------
+
+
+class ChildCreate(RequestBody):
+    external_id: str = Field(min_length=1, max_length=128, description="The other systems' id.")
+    name: str = Field(min_length=1, max_length=200)
+    group: str | None = Field(default=None, max_length=100)
+    notes: str | None = Field(default=None, max_length=5000)
+    consent_recorded_by: str | None = Field(default=None, max_length=200)
+    consent_recorded_at: datetime | None = None
+
+
+class ChildUpdate(RequestBody):
+    external_id: str | None = Field(default=None, min_length=1, max_length=128)
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    group: str | None = Field(default=None, max_length=100)
+    notes: str | None = Field(default=None, max_length=5000)
+    consent_recorded_by: str | None = Field(default=None, max_length=200)
+    consent_recorded_at: datetime | None = None
+
+
+class ChildPublic(BaseModel):
+    id: int
+    external_id: str
+    name: str
+    group: str | None
+    status: Literal["active", "archived"]
+    notes: str | None
+    consent_recorded_by: str | None
+    consent_recorded_at: datetime | None
+    merged_into_id: int | None
+    n_faces: int = Field(description="Enrolled faces (templates) of this child.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ChildPage(BaseModel):
+    items: list[ChildPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class EraseRequest(RequestBody):
+    confirm: str = Field(description="Must be exactly 'ERASE': erasure cannot be undone.")
+
+
+class ErasureResult(BaseModel):
+    child_id: int
+    external_id: str
+    faces_deleted: int
+    images_deleted: int
+    files_deleted: int
+
+
+class MergeRequest(RequestBody):
+    source_id: RowId = Field(description="The duplicate child whose faces move here; it is archived.")
+
+
+class MergeResult(BaseModel):
+    child: ChildPublic
+    merged_child: ChildPublic
+    moved_face_ids: list[int]
+
+
+# --- faces -----------------------------------------------------------------------------
+
+
+class QualityPublic(BaseModel):
+    score: float
+    passed: bool
+    reasons: list[str] = Field(description="too_small, blurred, profile, tilted, low_detector_score, ...")
+
+
+class FacePublic(BaseModel):
+    id: int
+    child_id: int | None
+    image_id: int
+    box: list[float] = Field(description="x1, y1, x2, y2 in the photo's pixels")
+    landmarks: list[list[float]]
+    detector_score: float
+    quality: QualityPublic
+    review_state: Literal["enrolled", "pending_review", "rejected"]
+    mask: bool | None
+    arousal: float | None
+    valence: float | None
+    created_at: datetime
+    thumbnail_url: str
+
+
+class ReassignRequest(RequestBody):
+    child_id: RowId
+
+
+# --- enrollment --------------------------------------------------------------------------
+
+
+class DetectedFacePublic(BaseModel):
+    box: list[float]
+    landmarks: list[list[float]]
+    detector_score: float
+    quality: QualityPublic
+
+
+class EnrolledFacePublic(DetectedFacePublic):
+    index: int = Field(description="Position among the faces found in the photo.")
+    enrolled: bool
+    face_id: int | None = None
+    refused_reasons: list[str] = []
+
+
+class PhotoResult(BaseModel):
+    filename: str | None
+    status: Literal["enrolled", "duplicate", "refused"]
+    reasons: list[str] = Field(
+        description="Why nothing was enrolled: invalid_image, no_face, several_faces_no_hint, "
+        "hint_matches_no_face, duplicate_image, too_small, blurred, profile, ..."
+    )
+    message: str
+    sha256: str | None = None
+    image_id: int | None = None
+    width: int | None = None
+    height: int | None = None
+    faces: list[EnrolledFacePublic] = []
+    enrolled_face_id: int | None = None
+
+
+class EnrollResponse(BaseModel):
+    child_id: int
+    enrolled: int = Field(description="How many photos gave a new template.")
+    photos: list[PhotoResult]
+
+
+# --- recognition ---------------------------------------------------------------------------
+
+
+class Candidate(BaseModel):
+    child_id: int
+    external_id: str
+    name: str
+    score: float = Field(description="Cosine similarity of the best matching template, -1..1.")
+    face_id: int | None = Field(default=None, description="The best matching enrolled face.")
+
+
+class RecognizedFace(DetectedFacePublic):
+    decision: Decision
+    candidates: list[Candidate] = Field(description="Best first.")
+    review_id: int | None = Field(default=None, description="Review-queue item when decision is review.")
+
+
+class RecognizeResponse(BaseModel):
+    width: int
+    height: int
+    model_id: str
+    faces: list[RecognizedFace]
+
+
+class DetectResponse(BaseModel):
+    width: int
+    height: int
+    faces: list[DetectedFacePublic]
+
+
+class VerifyResponse(BaseModel):
+    decision: Decision
+    score: float | None = Field(description="Cosine similarity; null when a photo has no face.")
+    child_id: int | None = None
+    face: DetectedFacePublic | None = None
+    other_face: DetectedFacePublic | None = None
+    reasons: list[str] = []
+
+
+# --- review ---------------------------------------------------------------------------------
+
+
+class ReviewCandidate(BaseModel):
+    child_id: int
+    score: float
+    external_id: str | None = None
+    name: str | None = None
+
+
+class ReviewItemPublic(BaseModel):
+    id: int
+    status: Literal["open", "resolved"]
+    face: FacePublic
+    candidates: list[ReviewCandidate]
+    resolution: str | None
+    resolved_by: str | None
+    resolved_at: datetime | None
+    created_at: datetime
+
+
+class ReviewPage(BaseModel):
+    items: list[ReviewItemPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class ResolveRequest(RequestBody):
+    action: Literal["confirm", "assign", "new_child", "dismiss"] = Field(
+        description="confirm: the best candidate; assign: `child_id`; new_child: create `new_child`; "
+        "dismiss: nobody enrolled."
+    )
+    child_id: RowId | None = None
+    new_child: ChildCreate | None = None
+    add_as_template: bool = Field(
+        default=True, description="Enroll the face as a new template if it passes the quality gate."
+    )
+
+
+class ResolveResponse(BaseModel):
+    review: ReviewItemPublic
+    child: ChildPublic | None
+    template_added: bool
+    template_refused_reasons: list[str]
+
+
+class DuplicateSide(BaseModel):
+    child_id: int
+    external_id: str
+    name: str
+    face_id: int
+
+
+class DuplicatePair(BaseModel):
+    a: DuplicateSide
+    b: DuplicateSide
+    score: float
+
+
+class DuplicatesResponse(BaseModel):
+    threshold: float
+    pairs: list[DuplicatePair]
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+class AuditEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target_type: str
+    target_id: str | None
+    child_id: int | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    face_ids: list[int] | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- admin and health ----------------------------------------------------------------------------
+
+
+class SettingsView(BaseModel):
+    model_id: str
+    embedder: str
+    embedding_dim: int
+    detector: str
+    device: str
+    accept_threshold: float
+    review_threshold: float
+    match_margin: float
+    top_k: int
+    quality: dict[str, float]
+    max_upload_bytes: int
+    max_image_pixels: int
+    gallery_faces: int | None
+    index_watermark: int | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str]

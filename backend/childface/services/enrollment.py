@@ -1,0 +1,425 @@
+"""Enrollment: photos of a known child -> detected, quality-gated, embedded, stored faces.
+
+Per photo: decode (type and pixel-count checks), detect + align + assess +
+embed (the pipeline, in one batch for all photos of a request), choose the
+face (the only one, or the one a hint box points at), apply the quality gate,
+then store photo, face and embedding in one unit of work with one
+`face.enrolled` audit event. The caller then runs the gallery's `catch_up`
+(`Runtime.catch_up`), which indexes the new face.
+
+Outcome per photo (`PhotoOutcome.status`):
+- `enrolled`: a new template; `enrolled_face_id` says which.
+- `duplicate`: this photo's face is already stored (same sha256 and an
+  overlapping face), for this child or another; nothing changes.
+- `refused`: nothing stored; `reasons` says why: `invalid_image` (or the
+  decoder's code, e.g. `too_many_pixels`), `no_face`, `several_faces_no_hint`,
+  `hint_matches_no_face`, `child_not_active`, or the quality gate's codes
+  (`too_small`, `blurred`, `profile`, `tilted`, `low_detector_score`,
+  `low_quality`).
+
+Only the chosen face of a photo is stored: other people in a group photo are
+not enrolled and leave no biometric data behind.
+
+Reusable pieces (the CSV import uses the same rules): `select_face`,
+`store_photo` (content-addressed file), `persist_face` (photo row + face +
+embedding inside a caller's unit of work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from childface.db.models import ChildStatus, Embedding, Face, Image, ImageSource, ReviewState
+from childface.db.session import Actor, UnitOfWork
+from childface.services.children import get_child_row
+from childface.services.errors import Conflict, InvalidInput
+from childface.services.media import MediaStore
+
+if TYPE_CHECKING:
+    from childface.services.runtime import Runtime
+    from childface.vision.pipeline import DetectedFace
+
+#: a hint box selects the detected face it overlaps most, if at least this much (IoU)
+MIN_HINT_IOU = 0.3
+#: a new face overlapping a stored face of the same photo this much is the same face
+SAME_FACE_IOU = 0.5
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class Photo:
+    """One uploaded photo: its bytes and, after decoding, the RGB pixels."""
+
+    data: bytes
+    filename: str | None = None
+    hint_box: Box | None = None
+    rgb: np.ndarray | None = None
+    sha256: str | None = None
+    error: tuple[str, str] | None = None  # (code, message) when it cannot be decoded
+
+
+@dataclass
+class FaceVerdict:
+    index: int
+    face: DetectedFace
+    enrolled: bool = False
+    face_id: int | None = None
+    refused_reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PhotoOutcome:
+    filename: str | None
+    status: str  # enrolled | duplicate | refused
+    reasons: list[str]
+    message: str
+    sha256: str | None = None
+    image_id: int | None = None
+    width: int | None = None
+    height: int | None = None
+    faces: list[FaceVerdict] = field(default_factory=list)
+    enrolled_face_id: int | None = None
+
+
+def iou(a: Box | list[float], b: Box | list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def parse_box(text: str) -> Box:
+    """'x1,y1,x2,y2' (or a JSON list) -> a box; InvalidInput when malformed."""
+    cleaned = text.strip().strip("[]()")
+    try:
+        values = [float(v) for v in cleaned.replace(";", ",").split(",")]
+    except ValueError:
+        raise InvalidInput(f"hint box {text!r} must be four numbers x1,y1,x2,y2") from None
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise InvalidInput(f"hint box {text!r} must be four numbers x1,y1,x2,y2")
+    x1, y1, x2, y2 = values
+    if x2 <= x1 or y2 <= y1:
+        raise InvalidInput(f"hint box {text!r} must have x2 > x1 and y2 > y1")
+    return (x1, y1, x2, y2)
+
+
+def select_face(faces: list[DetectedFace], hint_box: Box | None) -> tuple[int | None, list[str]]:
+    """Which detected face a photo enrolls: (index, []) or (None, reason codes)."""
+    if not faces:
+        return None, ["no_face"]
+    if hint_box is None:
+        if len(faces) > 1:
+            return None, ["several_faces_no_hint"]
+        return 0, []
+    overlaps = [iou(hint_box, [float(v) for v in face.box]) for face in faces]
+    best = int(np.argmax(overlaps))
+    if overlaps[best] < MIN_HINT_IOU:
+        return None, ["hint_matches_no_face"]
+    return best, []
+
+
+def decode_photos(photos: list[Photo], *, max_pixels: int) -> None:
+    """Fill each photo's `rgb` and `sha256`, or its `error` (type, decoding, pixel-count checks)."""
+    from childface.services.media import sha256_hex
+    from childface.vision.decode import ImageDecodeError, decode_image
+
+    for photo in photos:
+        photo.sha256 = sha256_hex(photo.data)
+        try:
+            photo.rgb = decode_image(photo.data, max_pixels=max_pixels)
+        except ImageDecodeError as exc:
+            photo.error = (decode_error_code(exc.code), exc.message)
+
+
+def decode_error_code(decoder_code: str) -> str:
+    """The API's reason code for a decoder failure: `too_many_pixels`, else `invalid_image`."""
+    return "too_many_pixels" if decoder_code == "too_many_pixels" else "invalid_image"
+
+
+def store_photo(media: MediaStore, data: bytes) -> tuple[str, str]:
+    """Write the photo's bytes to the media store: (sha256, path relative to the media folder).
+
+    Idempotent. Call it inside `media.hold(sha)` together with the unit of work
+    that references it, and `media.discard_if_unreferenced` when that fails.
+    """
+    return media.put(data)
+
+
+def persist_face(
+    session: Session,
+    *,
+    sha256: str,
+    path: str,
+    width: int,
+    height: int,
+    source: ImageSource,
+    uploaded_by: str,
+    face: DetectedFace,
+    child_id: int | None,
+    model_db_id: int,
+    review_state: ReviewState = ReviewState.enrolled,
+    mask: bool | None = None,
+    arousal: float | None = None,
+    valence: float | None = None,
+) -> Face:
+    """Add one face (and its embedding) of a photo inside the caller's transaction.
+
+    Reuses the photo's row when the same bytes are already stored (a group
+    photo can enroll several children). Returns the flushed Face (it has an id).
+    """
+    image = session.scalar(select(Image).where(Image.sha256 == sha256))
+    if image is None:
+        image = Image(
+            sha256=sha256, path=path, width=width, height=height, source=source, uploaded_by=uploaded_by
+        )
+        session.add(image)
+        session.flush()
+    x1, y1, x2, y2 = (float(v) for v in face.box)
+    row = Face(
+        image_id=image.id,
+        child_id=child_id,
+        box_x1=x1,
+        box_y1=y1,
+        box_x2=x2,
+        box_y2=y2,
+        landmarks=[[float(x), float(y)] for x, y in np.asarray(face.landmarks).reshape(5, 2)],
+        detector_score=float(face.score),
+        quality_score=float(face.quality.score),
+        quality_details=face.quality.to_dict(),
+        mask=mask,
+        arousal=arousal,
+        valence=valence,
+        review_state=review_state,
+    )
+    session.add(row)
+    session.flush()
+    vector = np.ascontiguousarray(face.embedding, dtype="<f4").reshape(-1)
+    session.add(Embedding(face_id=row.id, model_id=model_db_id, vector=vector.tobytes()))
+    session.flush()
+    return row
+
+
+def stored_face_on(session: Session, sha256: str, box: list[float]) -> Face | None:
+    """A face already stored on this photo that overlaps `box` (the same face), if any."""
+    faces = session.scalars(select(Face).join(Image, Face.image_id == Image.id).where(Image.sha256 == sha256))
+    for stored in faces:
+        if iou(stored.box, box) >= SAME_FACE_IOU:
+            return stored
+    return None
+
+
+def _refused(photo: Photo, reasons: list[str], message: str, **extra: Any) -> PhotoOutcome:
+    return PhotoOutcome(
+        filename=photo.filename,
+        status="refused",
+        reasons=reasons,
+        message=message,
+        sha256=photo.sha256,
+        **extra,
+    )
+
+
+def enroll_photos(
+    *,
+    runtime: Runtime,
+    actor: Actor,
+    child_id: int,
+    photos: list[Photo],
+    source: ImageSource = ImageSource.api,
+    mask: bool | None = None,
+    arousal: float | None = None,
+    valence: float | None = None,
+) -> list[PhotoOutcome]:
+    """Enroll photos of one child; one outcome per photo, in order (see the module docstring)."""
+    if not photos:
+        raise InvalidInput("send at least one photo")
+    for name, value in (("arousal", arousal), ("valence", valence)):
+        if value is not None and not (np.isfinite(value) and -1.0 <= value <= 1.0):
+            raise InvalidInput(f"{name} must be between -1 and 1")
+    with runtime.db.session() as session:
+        child = get_child_row(session, child_id)
+        if child.status != ChildStatus.active:
+            raise Conflict(
+                f"child {child_id} is archived; unarchive it before enrolling photos", code="child_not_active"
+            )
+    decode_photos(photos, max_pixels=runtime.settings.max_image_pixels)
+    readable = [p for p in photos if p.rgb is not None]
+    detected = run_pipeline(runtime, [p.rgb for p in readable])
+    faces_of = {id(p): faces for p, faces in zip(readable, detected, strict=True)}
+
+    outcomes: list[PhotoOutcome] = []
+    for photo in photos:
+        if photo.error is not None:
+            outcomes.append(_refused(photo, [photo.error[0]], photo.error[1]))
+            continue
+        outcomes.append(
+            _enroll_one(runtime, actor, child_id, photo, faces_of[id(photo)], source, mask, arousal, valence)
+        )
+    if any(o.status == "enrolled" for o in outcomes):
+        runtime.catch_up()
+    return outcomes
+
+
+def run_pipeline(runtime: Runtime, images: list[np.ndarray]) -> list[list[DetectedFace]]:
+    """The pipeline on decoded images (it serialises its own model calls)."""
+    return runtime.pipeline.process(images) if images else []
+
+
+def _enroll_one(
+    runtime: Runtime,
+    actor: Actor,
+    child_id: int,
+    photo: Photo,
+    faces: list[DetectedFace],
+    source: ImageSource,
+    mask: bool | None,
+    arousal: float | None,
+    valence: float | None,
+) -> PhotoOutcome:
+    assert photo.rgb is not None and photo.sha256 is not None
+    height, width = photo.rgb.shape[:2]
+    verdicts = [FaceVerdict(index=i, face=f) for i, f in enumerate(faces)]
+    extra = {"width": width, "height": height, "faces": verdicts}
+    index, reasons = select_face(faces, photo.hint_box)
+    if index is None:
+        messages = {
+            "no_face": "no face was found in the photo",
+            "several_faces_no_hint": f"{len(faces)} faces in the photo: send a hint box to say which one",
+            "hint_matches_no_face": "the hint box overlaps no detected face",
+        }
+        return _refused(photo, reasons, messages[reasons[0]], **extra)
+    chosen = verdicts[index]
+    quality = chosen.face.quality
+    if not quality.passed or chosen.face.embedding is None:
+        chosen.refused_reasons = list(quality.reasons) or ["low_quality"]
+        return _refused(
+            photo,
+            chosen.refused_reasons,
+            "the face did not pass the quality gate: " + ", ".join(chosen.refused_reasons),
+            **extra,
+        )
+    box = [float(v) for v in chosen.face.box]
+    media = runtime.media
+    with media.hold(photo.sha256):
+        _, relative = store_photo(media, photo.data)
+        try:
+            face = _store_face(
+                runtime, actor, child_id, photo, relative, chosen.face, box, source, mask, arousal, valence
+            )
+        except _AlreadyStored as dup:
+            owner = (
+                "this child"
+                if dup.child_id == child_id
+                else (f"child {dup.child_id}" if dup.child_id is not None else "the review queue")
+            )
+            chosen.face_id = dup.face_id
+            return PhotoOutcome(
+                filename=photo.filename,
+                status="duplicate",
+                reasons=["duplicate_image"],
+                message=f"this photo's face is already stored (face {dup.face_id}, {owner})",
+                sha256=photo.sha256,
+                image_id=dup.image_id,
+                width=width,
+                height=height,
+                faces=verdicts,
+            )
+        except BaseException:
+            media.discard_if_unreferenced(relative, lambda: _image_exists(runtime, photo.sha256))
+            raise
+    chosen.enrolled, chosen.face_id = True, face.id
+    return PhotoOutcome(
+        filename=photo.filename,
+        status="enrolled",
+        reasons=[],
+        message="enrolled",
+        sha256=photo.sha256,
+        image_id=face.image_id,
+        width=width,
+        height=height,
+        faces=verdicts,
+        enrolled_face_id=face.id,
+    )
+
+
+def _store_face(
+    runtime: Runtime,
+    actor: Actor,
+    child_id: int,
+    photo: Photo,
+    relative: str,
+    detected: DetectedFace,
+    box: list[float],
+    source: ImageSource,
+    mask: bool | None,
+    arousal: float | None,
+    valence: float | None,
+) -> Face:
+    assert photo.rgb is not None and photo.sha256 is not None
+    height, width = photo.rgb.shape[:2]
+    for attempt in range(2):
+        try:
+            with runtime.db.unit_of_work(actor) as uow:
+                existing = stored_face_on(uow.session, photo.sha256, box)
+                if existing is not None:
+                    # nothing to write: leaving by an exception rolls back without an audit event
+                    raise _AlreadyStored(existing.id, existing.child_id, existing.image_id)
+                if get_child_row(uow.session, child_id).status != ChildStatus.active:
+                    raise Conflict(f"child {child_id} was archived meanwhile", code="child_not_active")
+                face = persist_face(
+                    uow.session,
+                    sha256=photo.sha256,
+                    path=relative,
+                    width=width,
+                    height=height,
+                    source=source,
+                    uploaded_by=str(actor),
+                    face=detected,
+                    child_id=child_id,
+                    model_db_id=runtime.model_db_id,
+                    mask=mask,
+                    arousal=arousal,
+                    valence=valence,
+                )
+                _audit_enrolled(uow, face, source)
+            return face
+        except IntegrityError:
+            # the same photo was committed concurrently by another writer: look again once
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _AlreadyStored(Exception):
+    def __init__(self, face_id: int, child_id: int | None, image_id: int) -> None:
+        super().__init__(face_id)
+        self.face_id, self.child_id, self.image_id = face_id, child_id, image_id
+
+
+def _audit_enrolled(uow: UnitOfWork, face: Face, source: ImageSource) -> None:
+    uow.audit(
+        "face.enrolled",
+        target_type="face",
+        target_id=face.id,
+        child_id=face.child_id,
+        after={
+            "face_id": face.id,
+            "image_id": face.image_id,
+            "source": source.value,
+            "quality_score": round(face.quality_score, 4),
+        },
+        face_ids=[face.id],
+    )
+
+
+def _image_exists(runtime: Runtime, sha256: str) -> bool:
+    with runtime.db.session() as session:
+        return session.scalar(select(Image.id).where(Image.sha256 == sha256)) is not None

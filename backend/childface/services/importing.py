@@ -1,0 +1,915 @@
+"""Bulk import of an existing photo collection from a CSV: `childface import` and the admin's Import page.
+
+One row per face photo (the layout of the reference data set `finaldata.csv`):
+the child's id, the photo (a path inside an images folder or a zip), optional
+face box, `mask`, `arousal`, `valence`, `name` and `group`. The format, the
+column aliases and the box rule are documented in docs/import-format.md; the
+constants below are that document's source of truth.
+
+Flow: `read_table` parses and checks every row (bad rows get a reason and are
+kept, never dropped); `plan_import` is the dry run (new children, new photos,
+duplicates, rows an earlier run already imported); `run_import` executes the
+plan in batches through the vision pipeline and writes every row's fate
+(imported / duplicate / refused + reason) to the report CSV.
+
+Audit (DESIGN.md invariant 2: one event per unit of work): `import.started`
+opens the run, each child created is its own `child.created`, each committed
+batch of photos is one `import.batch` event whose `face_ids` lists the faces
+it added (the vector index's change feed), and `import.finished` closes the
+run with its counts. A crash loses at most the batch in flight; re-running the
+same CSV skips what is already in the database, so an import resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from sqlalchemy import select
+
+from childface.db.models import Child, ChildStatus, Face, Image, ImportRun, ImportStatus
+from childface.db.session import Actor, Database
+from childface.services.audit_log import neutralise_cell
+from childface.services.enrollment import (
+    MIN_HINT_IOU,
+    SAME_FACE_IOU,
+    iou,
+    persist_face,
+    select_face,
+    store_photo,
+)
+from childface.services.errors import InvalidInput
+from childface.services.media import sha256_hex
+
+#: a CSV box selects a detected face like the API's hint box: highest IoU, at least this much
+MIN_BOX_IOU = MIN_HINT_IOU
+#: photos per `FacePipeline.process` call (and per committed batch)
+DEFAULT_BATCH_SIZE = 16
+MAX_CSV_BYTES = 50 * 1024 * 1024
+
+RowStatus = Literal["imported", "duplicate", "refused"]
+BoxFormat = Literal["xyxy", "xywh"]
+
+#: canonical field -> accepted header names (compared lower-case, spaces and dashes as "_"), first wins
+ALIASES: dict[str, tuple[str, ...]] = {
+    "child_id": ("child_id", "external_id", "child", "childid", "child_external_id", "subject_id",
+                 "person_id", "id"),
+    "image": ("image", "image_path", "file", "filename", "file_name", "path", "photo", "img", "image_file"),
+    "name": ("name", "display_name", "child_name", "full_name"),
+    "group": ("group", "group_name", "class", "classroom"),
+    "mask": ("mask", "masked", "has_mask", "wearing_mask"),
+    "arousal": ("arousal",),
+    "valence": ("valence",),
+}
+#: four-column box layouts, tried in this order; the column names say which format they are
+BOX_LAYOUTS: tuple[tuple[BoxFormat, tuple[str, str, str, str]], ...] = (
+    ("xyxy", ("x1", "y1", "x2", "y2")),
+    ("xyxy", ("xmin", "ymin", "xmax", "ymax")),
+    ("xyxy", ("left", "top", "right", "bottom")),
+    ("xywh", ("x", "y", "w", "h")),
+    ("xywh", ("x", "y", "width", "height")),
+    ("xywh", ("box_x", "box_y", "box_w", "box_h")),
+)
+#: one-column boxes ("x1 y1 x2 y2", "[x, y, w, h]", ...): the name fixes the format, or `None` = detect
+BOX_COLUMNS: dict[str, BoxFormat | None] = {
+    "box_xyxy": "xyxy", "bbox_xyxy": "xyxy", "xyxy": "xyxy",
+    "box_xywh": "xywh", "bbox_xywh": "xywh", "xywh": "xywh",
+    "box": None, "bbox": None, "face_box": None,
+}
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f"}
+
+
+class ImportFormatError(InvalidInput):
+    """The file as a whole cannot be imported (not a CSV, a required column missing, ...)."""
+
+    code = "invalid_import"
+
+
+def _norm(header: str) -> str:
+    return re.sub(r"[\s\-]+", "_", header.strip().lstrip("\ufeff").lower())
+
+
+# ---- the table ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which CSV header feeds each field (the headers as written in the file)."""
+
+    child_id: str
+    image: str
+    name: str | None = None
+    group: str | None = None
+    mask: str | None = None
+    arousal: str | None = None
+    valence: str | None = None
+    box: tuple[str, ...] = ()
+    #: "xyxy" / "xywh", or None when the file has no box
+    box_format: BoxFormat | None = None
+    #: how the box format was decided, for the dry-run report
+    box_rule: str = ""
+
+
+@dataclass
+class CsvRow:
+    """One data row; `error` says why it cannot be imported (then the other fields may be empty)."""
+
+    line: int  # line number in the file, header = 1
+    external_id: str
+    image: str
+    name: str | None = None
+    group: str | None = None
+    mask: bool | None = None
+    arousal: float | None = None
+    valence: float | None = None
+    box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in photo pixels
+    error: str | None = None
+
+
+@dataclass
+class ImportTable:
+    columns: Columns
+    rows: list[CsvRow]
+
+
+def _resolve_columns(headers: list[str]) -> Columns:
+    by_norm: dict[str, str] = {}
+    for header in headers:
+        by_norm.setdefault(_norm(header), header)
+
+    def find(canonical: str) -> str | None:
+        return next((by_norm[a] for a in ALIASES[canonical] if a in by_norm), None)
+
+    child_col, image_col = find("child_id"), find("image")
+    missing = [name for name, col in (("child_id", child_col), ("image", image_col)) if col is None]
+    if missing:
+        raise ImportFormatError(
+            f"the CSV has no {' and no '.join(missing)} column (found: {', '.join(headers) or 'nothing'}); "
+            "see docs/import-format.md for the accepted names"
+        )
+    box: tuple[str, ...] = ()
+    box_format: BoxFormat | None = None
+    rule = ""
+    for fmt, names in BOX_LAYOUTS:
+        if all(n in by_norm for n in names):
+            box, box_format = tuple(by_norm[n] for n in names), fmt
+            rule = f"columns {', '.join(box)} read as {'x1,y1,x2,y2' if fmt == 'xyxy' else 'x,y,w,h'}"
+            break
+    else:
+        single = next((n for n in BOX_COLUMNS if n in by_norm), None)
+        if single is not None:
+            box, box_format = (by_norm[single],), BOX_COLUMNS[single]
+            rule = f"column {by_norm[single]}"
+    return Columns(
+        child_id=child_col,  # type: ignore[arg-type]  # checked above
+        image=image_col,  # type: ignore[arg-type]
+        name=find("name"),
+        group=find("group"),
+        mask=find("mask"),
+        arousal=find("arousal"),
+        valence=find("valence"),
+        box=box,
+        box_format=box_format,
+        box_rule=rule,
+    )
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} {text!r} is not a finite number")
+    return value
+
+
+def _unit(text: str, what: str) -> float | None:
+    if not text:
+        return None
+    value = _number(text, what)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{what} {value:g} is outside 0..1")
+    return value
+
+
+def _flag(text: str) -> bool | None:
+    lowered = text.lower()
+    if not lowered:
+        return None
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"mask {text!r} is not 0/1")
+
+
+def _box_values(raw: list[str]) -> list[float] | None:
+    if all(not v for v in raw):
+        return None
+    if len(raw) == 1:
+        raw = [v for v in re.split(r"[\s,;]+", raw[0].strip("[]() ")) if v]
+        if len(raw) != 4:
+            raise ValueError("box must have four numbers")
+    if any(not v for v in raw):
+        raise ValueError("box is incomplete (some of its four values are empty)")
+    return [_number(v, "box value") for v in raw]
+
+
+def _to_xyxy(values: list[float], fmt: BoxFormat) -> tuple[float, float, float, float]:
+    x1, y1, a, b = values
+    x2, y2 = (x1 + a, y1 + b) if fmt == "xywh" else (a, b)
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError("box has no area (" + ("width/height must be > 0" if fmt == "xywh"
+                                                else "x2 must exceed x1 and y2 exceed y1") + ")")
+    if x2 <= 0 or y2 <= 0:
+        raise ValueError("box lies outside the photo")
+    return (x1, y1, x2, y2)
+
+
+def read_table(data: bytes | str) -> ImportTable:
+    """Parse and check a CSV; raises ImportFormatError for a file-level problem, marks bad rows."""
+    if isinstance(data, bytes):
+        if len(data) > MAX_CSV_BYTES:
+            raise ImportFormatError(f"the CSV is larger than {MAX_CSV_BYTES // (1024 * 1024)} MB")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ImportFormatError("the CSV is not UTF-8 text") from None
+    else:
+        text = data.lstrip("\ufeff")
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel  # type: ignore[assignment]
+    reader = csv.reader(io.StringIO(text), dialect)
+    try:
+        headers = next(reader)
+    except StopIteration:
+        raise ImportFormatError("the CSV is empty") from None
+    except csv.Error as exc:
+        raise ImportFormatError(f"the CSV cannot be read: {exc}") from None
+    columns = _resolve_columns(headers)
+    index = {h: i for i, h in enumerate(headers)}
+    raw_rows: list[tuple[int, dict[str, str]]] = []
+    try:
+        for record in reader:
+            if not any(cell.strip() for cell in record):
+                continue
+            values = {h: (record[i].strip() if i < len(record) else "") for h, i in index.items()}
+            raw_rows.append((reader.line_num, values))
+    except csv.Error as exc:
+        raise ImportFormatError(f"the CSV cannot be read near line {reader.line_num}: {exc}") from None
+
+    box_format = columns.box_format
+    if columns.box and box_format is None:
+        # A bare `box` column: x1,y1,x2,y2 unless some row cannot be corners (x2 <= x1 or y2 <= y1),
+        # in which case the whole file is x,y,w,h. Decided per file, never per row.
+        corners = True
+        for _, values in raw_rows:
+            try:
+                vals = _box_values([values[c] for c in columns.box])
+            except ValueError:
+                continue
+            if vals is not None and (vals[2] <= vals[0] or vals[3] <= vals[1]):
+                corners = False
+                break
+        box_format = "xyxy" if corners else "xywh"
+        columns = Columns(**{**columns.__dict__, "box_format": box_format,
+                             "box_rule": f"{columns.box_rule} detected as "
+                             + ("x1,y1,x2,y2" if corners else "x,y,w,h (some rows cannot be corners)")})
+    elif columns.box:
+        columns = Columns(**{**columns.__dict__, "box_rule": columns.box_rule
+                             or f"column {columns.box[0]} read as {box_format}"})
+
+    rows = [_parse_row(line, values, columns) for line, values in raw_rows]
+    return ImportTable(columns=columns, rows=rows)
+
+
+def _parse_row(line: int, values: dict[str, str], columns: Columns) -> CsvRow:
+    row = CsvRow(line=line, external_id=values[columns.child_id], image=values[columns.image])
+    problems: list[str] = []
+    if not row.external_id:
+        problems.append("child id is empty")
+    elif len(row.external_id) > 128:
+        problems.append("child id is longer than 128 characters")
+    if not row.image:
+        problems.append("image is empty")
+    row.name = (values[columns.name] if columns.name else "") or None
+    row.group = (values[columns.group] if columns.group else "") or None
+    for attr, column, parse in (
+        ("mask", columns.mask, _flag),
+        ("arousal", columns.arousal, lambda t: _unit(t, "arousal")),
+        ("valence", columns.valence, lambda t: _unit(t, "valence")),
+    ):
+        if column:
+            try:
+                setattr(row, attr, parse(values[column]))
+            except ValueError as exc:
+                problems.append(str(exc))
+    if columns.box and columns.box_format:
+        try:
+            vals = _box_values([values[c] for c in columns.box])
+            row.box = None if vals is None else _to_xyxy(vals, columns.box_format)
+        except ValueError as exc:
+            problems.append(str(exc))
+    row.error = "; ".join(problems) or None
+    return row
+
+
+# ---- where the photos are -------------------------------------------------------------------------
+
+
+class PhotoSource(Protocol):
+    def read(self, name: str) -> bytes:
+        """The bytes of the photo the CSV names; FileNotFoundError / ValueError with a reason."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _safe_parts(name: str) -> tuple[str, ...]:
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if not parts or any(p == ".." for p in parts) or parts[0] == "/" or re.match(r"^[A-Za-z]:", parts[0]):
+        raise ValueError(f"image path {name!r} must be relative and stay inside the images folder")
+    return tuple(p for p in parts if p != ".")
+
+
+class FolderSource:
+    """Photos under a folder; CSV paths are relative to it."""
+
+    def __init__(self, root: Path, *, max_bytes: int) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ImportFormatError(f"images folder {self.root} does not exist")
+        self.max_bytes = max_bytes
+
+    def read(self, name: str) -> bytes:
+        path = self.root.joinpath(*_safe_parts(name))
+        if not path.is_file():
+            raise FileNotFoundError(f"{name} is not in the images folder")
+        if path.stat().st_size > self.max_bytes:
+            raise ValueError(f"{name} is larger than {self.max_bytes // (1024 * 1024)} MB")
+        return path.read_bytes()
+
+    def close(self) -> None:
+        return None
+
+
+class ZipSource:
+    """Photos inside a zip; a CSV path may omit one top-level folder the zip wraps everything in."""
+
+    def __init__(self, path_or_file: Path | io.BufferedIOBase | io.BytesIO, *, max_bytes: int) -> None:
+        try:
+            self.zip = zipfile.ZipFile(path_or_file)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise ImportFormatError(f"the photos archive is not a readable zip: {exc}") from None
+        self.max_bytes = max_bytes
+        self.infos = {info.filename: info for info in self.zip.infolist() if not info.is_dir()}
+        tops = {name.split("/", 1)[0] for name in self.infos if "/" in name}
+        only_nested = all("/" in name for name in self.infos)
+        self.prefix = f"{tops.pop()}/" if len(tops) == 1 and only_nested else ""
+
+    def read(self, name: str) -> bytes:
+        key = "/".join(_safe_parts(name))
+        info = self.infos.get(key) or self.infos.get(self.prefix + key)
+        if info is None:
+            raise FileNotFoundError(f"{name} is not in the zip")
+        if info.file_size > self.max_bytes:
+            raise ValueError(f"{name} is larger than {self.max_bytes // (1024 * 1024)} MB")
+        return self.zip.read(info)
+
+    def close(self) -> None:
+        self.zip.close()
+
+
+def open_source(
+    *, images_dir: Path | None = None, zip_file: Path | io.BytesIO | None = None, max_bytes: int
+) -> PhotoSource:
+    if (images_dir is None) == (zip_file is None):
+        raise ImportFormatError("give the photos as either an images folder or a zip, not both or neither")
+    if zip_file is not None:
+        return ZipSource(zip_file, max_bytes=max_bytes)
+    return FolderSource(images_dir, max_bytes=max_bytes)  # type: ignore[arg-type]
+
+
+# ---- the dry run ----------------------------------------------------------------------------------
+
+
+PlanAction = Literal["import", "done", "duplicate", "refused"]
+
+
+@dataclass
+class PlannedRow:
+    row: CsvRow
+    action: PlanAction
+    reason: str = ""
+    sha256: str | None = None
+    #: the face id when an earlier run (or enrollment) already has this row's face for this child
+    face_id: int | None = None
+
+
+@dataclass
+class ImportPlan:
+    table: ImportTable
+    rows: list[PlannedRow]
+    new_children: list[str]
+    new_photos: int
+
+    def counts(self) -> dict[str, int]:
+        counts = {"rows": len(self.rows), "to_import": 0, "already_imported": 0, "duplicate": 0,
+                  "refused": 0, "new_children": len(self.new_children), "new_photos": self.new_photos}
+        for planned in self.rows:
+            key = {"import": "to_import", "done": "already_imported"}.get(planned.action, planned.action)
+            counts[key] += 1
+        return counts
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready dry-run report (the API's and the CLI's)."""
+        return {
+            "counts": self.counts(),
+            "box_format": self.table.columns.box_format,
+            "box_rule": self.table.columns.box_rule or "no box columns",
+            "columns": {k: v for k, v in self.table.columns.__dict__.items()
+                        if k not in {"box_format", "box_rule"} and v},
+            "new_children": self.new_children,
+            "rows": [
+                {"line": p.row.line, "child_id": p.row.external_id, "image": p.row.image,
+                 "action": p.action, "reason": p.reason}
+                for p in self.rows
+            ],
+        }
+
+
+def _photo_header(data: bytes, max_pixels: int) -> str | None:
+    """Why these bytes are not a usable photo (None when they look fine); reads the header only."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return "not a readable photo (JPEG, PNG, WebP, BMP, TIFF)"
+    except PILImage.DecompressionBombError:
+        return "photo has too many pixels"
+    if width * height > max_pixels:
+        return f"photo has {width}x{height} pixels, more than the limit of {max_pixels}"
+    return None
+
+
+def plan_import(*, db: Database, table: ImportTable, source: PhotoSource, max_pixels: int) -> ImportPlan:
+    """Dry run: what importing `table` would do, without changing anything."""
+    planned: list[PlannedRow] = []
+    for row in table.rows:
+        if row.error:
+            planned.append(PlannedRow(row, "refused", row.error))
+            continue
+        try:
+            data = source.read(row.image)
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            planned.append(PlannedRow(row, "refused", str(exc) or f"{row.image} cannot be read"))
+            continue
+        problem = _photo_header(data, max_pixels)
+        if problem:
+            planned.append(PlannedRow(row, "refused", problem))
+            continue
+        planned.append(PlannedRow(row, "import", sha256=sha256_hex(data)))
+
+    wanted_shas = {p.sha256 for p in planned if p.sha256}
+    wanted_ids = {p.row.external_id for p in planned if p.action == "import"}
+    stored: dict[str, list[tuple[int, list[float], str | None]]] = {}
+    known_children: dict[str, ChildStatus] = {}
+    with db.session() as session:
+        for chunk in _chunks(sorted(wanted_shas), 500):
+            for sha, face_id, x1, y1, x2, y2, ext in session.execute(
+                select(Image.sha256, Face.id, Face.box_x1, Face.box_y1, Face.box_x2, Face.box_y2,
+                       Child.external_id)
+                .join(Face, Face.image_id == Image.id)
+                .outerjoin(Child, Child.id == Face.child_id)
+                .where(Image.sha256.in_(chunk))
+            ):
+                stored.setdefault(sha, []).append((face_id, [x1, y1, x2, y2], ext))
+        for chunk in _chunks(sorted(wanted_ids), 500):
+            query = select(Child.external_id, Child.status).where(Child.external_id.in_(chunk))
+            known_children.update((ext, status) for ext, status in session.execute(query))
+
+    # rows are judged in CSV order: the same photo and face twice in the CSV is a duplicate first
+    # (so a re-run reports it as the first run did), then the database says what is already there
+    seen: dict[str, list[PlannedRow]] = {}  # sha -> earlier rows of that photo that import or did
+    for p in planned:
+        if p.action != "import":
+            continue
+        assert p.sha256 is not None
+        box = p.row.box
+        for earlier in seen.get(p.sha256, []):
+            other = earlier.row.box
+            # no box twice, or two boxes on one face; a boxed and an unboxed row are told apart at
+            # detection (the same face twice becomes a duplicate there, an unboxed group photo is refused)
+            if (box is None and other is None) or (
+                box is not None and other is not None and iou(box, other) >= SAME_FACE_IOU
+            ):
+                p.action = "duplicate"
+                p.reason = f"same photo{' and face' if box else ''} as line {earlier.row.line}"
+                break
+        if p.action != "import":
+            continue
+        if known_children.get(p.row.external_id) == ChildStatus.archived:
+            p.action, p.reason = "refused", f"child {p.row.external_id} is archived (unarchive to add photos)"
+            continue
+        for face_id, face_box, owner in stored.get(p.sha256, []):
+            if box is None or iou(box, face_box) >= MIN_BOX_IOU:
+                if owner == p.row.external_id:
+                    p.action, p.face_id = "done", face_id
+                    p.reason = f"already imported (face {face_id})"
+                else:
+                    p.action = "duplicate"
+                    p.reason = (f"this face is already enrolled for child {owner}" if owner
+                                else "this face is already in the database (awaiting review)")
+                break
+        if p.action in {"import", "done"}:
+            seen.setdefault(p.sha256, []).append(p)
+
+    importing = [p for p in planned if p.action == "import"]
+    new_children = sorted({p.row.external_id for p in importing} - set(known_children))
+    new_photos = len({p.sha256 for p in importing} - set(stored))
+    return ImportPlan(table=table, rows=planned, new_children=new_children, new_photos=new_photos)
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---- the report -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RowOutcome:
+    line: int
+    child_id: str
+    image: str
+    status: RowStatus
+    reason: str = ""
+    face_id: int | None = None
+
+
+REPORT_FIELDS = ("line", "child_id", "image", "status", "reason", "face_id")
+
+
+def _cell(value: object) -> str:
+    # staff open reports in spreadsheets: cells a spreadsheet would run as a formula are made inert
+    return "" if value is None else neutralise_cell(str(value))
+
+
+def write_report(outcomes: Iterable[RowOutcome], stream: io.TextIOBase | Any) -> None:
+    writer = csv.writer(stream)
+    writer.writerow(REPORT_FIELDS)
+    for o in outcomes:
+        writer.writerow([_cell(getattr(o, f)) for f in REPORT_FIELDS])
+
+
+def report_csv(outcomes: Iterable[RowOutcome]) -> str:
+    buffer = io.StringIO()
+    write_report(outcomes, buffer)
+    return buffer.getvalue()
+
+
+def outcomes_from_plan(plan: ImportPlan) -> dict[int, RowOutcome]:
+    """What the plan already decides (refused, duplicate, already imported), by line."""
+    decided: dict[int, RowOutcome] = {}
+    for p in plan.rows:
+        if p.action == "import":
+            continue
+        status: RowStatus = "imported" if p.action == "done" else p.action  # type: ignore[assignment]
+        decided[p.row.line] = RowOutcome(p.row.line, p.row.external_id, p.row.image, status, p.reason,
+                                         p.face_id)
+    return decided
+
+
+# ---- the import -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportProgress:
+    """Passed to the progress callback after each batch (and once at the start)."""
+
+    done: int  # rows with a final outcome
+    total: int
+    counts: dict[str, int]
+
+
+@dataclass
+class ImportResult:
+    run_id: int
+    outcomes: list[RowOutcome]
+    counts: dict[str, int]
+    seconds: float
+    photos_processed: int
+    report_path: Path | None = None
+
+    @property
+    def photos_per_second(self) -> float:
+        return self.photos_processed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Photo:
+    """One distinct photo of a batch and the CSV rows that point at it."""
+
+    sha256: str
+    rows: list[PlannedRow]
+    data: bytes = b""
+    rgb: np.ndarray | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Accepted:
+    planned: PlannedRow
+    photo: _Photo
+    face: Any  # childface.vision.pipeline.DetectedFace
+
+
+@dataclass
+class _Batch:
+    photos: list[_Photo] = field(default_factory=list)
+
+
+def _count(outcomes: Iterable[RowOutcome]) -> dict[str, int]:
+    counts = {"imported": 0, "duplicate": 0, "refused": 0}
+    for o in outcomes:
+        counts[o.status] += 1
+    return counts
+
+
+#: enrollment's reason codes in the words the report uses
+REASON_WORDS = {
+    "no_face": "no face found in the photo",
+    "several_faces_no_hint": "several faces in the photo and no box says which one",
+    "hint_matches_no_face": f"the box matches no detected face (overlap below {MIN_BOX_IOU})",
+    "too_small": "face too small",
+    "blurred": "blurred",
+    "profile": "face turned away",
+    "tilted": "head tilted too far",
+    "low_detector_score": "face unclear",
+    "low_quality": "low overall quality",
+}
+
+
+def _words(codes: Iterable[str]) -> str:
+    return ", ".join(REASON_WORDS.get(code, code.replace("_", " ")) for code in codes)
+
+
+def run_import(
+    *,
+    db: Database,
+    media: Any,  # childface.services.media.MediaStore
+    pipeline: Any,  # childface.vision.pipeline.FacePipeline
+    model_db_id: int,
+    table: ImportTable,
+    source: PhotoSource,
+    actor: Actor,
+    source_name: str,
+    max_pixels: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    report_path: Path | None = None,
+    progress: Callable[[ImportProgress], None] | None = None,
+    after_commit: Callable[[], None] | None = None,
+    plan: ImportPlan | None = None,
+    run_id: int | None = None,
+) -> ImportResult:
+    """Import every importable row; see the module docstring for batches, audit and resume.
+
+    `run_id`: a run opened beforehand with `start_run` (the API answers with it before the
+    import ends); by default one is opened here.
+    """
+    from childface.vision.decode import ImageDecodeError, decode_image
+
+    started = time.perf_counter()
+    plan = plan or plan_import(db=db, table=table, source=source, max_pixels=max_pixels)
+    decided = outcomes_from_plan(plan)
+    outcomes: dict[int, RowOutcome] = dict(decided)
+    total = len(plan.rows)
+    names = _child_names(table)
+
+    if run_id is None:
+        run_id = start_run(db=db, actor=actor, source_name=source_name, plan=plan)
+
+    def notify() -> None:
+        if progress is not None:
+            progress(ImportProgress(done=len(outcomes), total=total, counts=_count(outcomes.values())))
+
+    def load(batch: _Batch) -> _Batch:
+        # runs in a worker thread, overlapped with the previous batch's inference
+        for photo in batch.photos:
+            try:
+                photo.data = source.read(photo.rows[0].row.image)
+                photo.rgb = decode_image(photo.data, max_pixels=max_pixels)
+            except (ImageDecodeError, FileNotFoundError, ValueError, OSError) as exc:
+                photo.error = f"photo cannot be read: {exc}"
+        return batch
+
+    batches = _batches([p for p in plan.rows if p.action == "import"], batch_size)
+    photos_processed = 0
+    status = ImportStatus.failed
+    children: dict[str, int] = {}
+    created: list[str] = []
+    notify()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-decode") as pool:
+            pending: Future[_Batch] | None = pool.submit(load, batches[0]) if batches else None
+            for k in range(len(batches)):
+                batch = pending.result()  # type: ignore[union-attr]
+                pending = pool.submit(load, batches[k + 1]) if k + 1 < len(batches) else None
+                photos_processed += len(batch.photos)
+                accepted = _detect_and_select(pipeline, batch, outcomes)
+                if accepted:
+                    _ensure_children(db, actor, accepted, names, children, created)
+                    _commit_batch(db, media, actor, run_id, model_db_id, accepted, children, outcomes)
+                    if after_commit is not None:
+                        after_commit()
+                notify()
+        status = ImportStatus.finished
+    finally:
+        ordered = [outcomes[p.row.line] for p in plan.rows if p.row.line in outcomes]
+        if report_path is not None:
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            with report_path.open("w", newline="", encoding="utf-8") as fh:
+                write_report(ordered, fh)
+        counts = {**_count(ordered), "rows": total, "children_created": len(created)}
+        _finish_run(db, actor, run_id, status, counts, report_path)
+    return ImportResult(run_id=run_id, outcomes=ordered, counts=counts, seconds=time.perf_counter() - started,
+                        photos_processed=photos_processed, report_path=report_path)
+
+
+def _child_names(table: ImportTable) -> dict[str, tuple[str | None, str | None]]:
+    """external id -> (first name given, first group given) across the whole CSV."""
+    names: dict[str, tuple[str | None, str | None]] = {}
+    for row in table.rows:
+        if row.error:
+            continue
+        name, group = names.get(row.external_id, (None, None))
+        names[row.external_id] = (name or row.name, group or row.group)
+    return names
+
+
+def _batches(rows: list[PlannedRow], batch_size: int) -> list[_Batch]:
+    """Group rows by photo (a group photo is decoded and detected once), `batch_size` photos a batch."""
+    photos: dict[str, _Photo] = {}
+    for p in rows:
+        assert p.sha256 is not None
+        photos.setdefault(p.sha256, _Photo(sha256=p.sha256, rows=[])).rows.append(p)
+    ordered = list(photos.values())
+    return [_Batch(ordered[i : i + batch_size]) for i in range(0, len(ordered), batch_size)]
+
+
+def _detect_and_select(pipeline: Any, batch: _Batch, outcomes: dict[int, RowOutcome]) -> list[_Accepted]:
+    def refuse(p: PlannedRow, reason: str) -> None:
+        outcomes[p.row.line] = RowOutcome(p.row.line, p.row.external_id, p.row.image, "refused", reason)
+
+    readable = [photo for photo in batch.photos if photo.error is None]
+    for photo in batch.photos:
+        if photo.error is not None:
+            for p in photo.rows:
+                refuse(p, photo.error)
+    results = pipeline.process([photo.rgb for photo in readable]) if readable else []
+    accepted: list[_Accepted] = []
+    for photo, faces in zip(readable, results, strict=True):
+        claimed: dict[int, PlannedRow] = {}
+        for p in photo.rows:
+            index, codes = select_face(faces, p.row.box)
+            if index is None:
+                refuse(p, _words(codes))
+                continue
+            if index in claimed:
+                outcomes[p.row.line] = RowOutcome(p.row.line, p.row.external_id, p.row.image, "duplicate",
+                                                  f"same face as line {claimed[index].row.line}")
+                continue
+            face = faces[index]
+            if not face.quality.passed or face.embedding is None:
+                why = _words(face.quality.reasons) or "low quality"
+                refuse(p, f"face refused by the quality gate: {why}")
+                continue
+            claimed[index] = p
+            accepted.append(_Accepted(p, photo, face))
+    return accepted
+
+
+def _ensure_children(
+    db: Database,
+    actor: Actor,
+    accepted: list[_Accepted],
+    names: dict[str, tuple[str | None, str | None]],
+    children: dict[str, int],
+    created: list[str],
+) -> None:
+    """Find or create (one `child.created` unit of work each) the children this batch needs."""
+    from childface.services.children import create_child
+    from childface.services.errors import Conflict
+
+    wanted = sorted({a.planned.row.external_id for a in accepted} - set(children))
+    if not wanted:
+        return
+    with db.session() as session:
+        for ext, child_id in session.execute(
+            select(Child.external_id, Child.id).where(Child.external_id.in_(wanted))
+        ):
+            children[ext] = child_id
+    for ext in wanted:
+        if ext in children:
+            continue
+        name, group = names.get(ext, (None, None))
+        try:
+            child = create_child(db=db, actor=actor, external_id=ext, name=name or ext, group=group)
+            children[ext] = child.id
+            created.append(ext)
+        except Conflict:  # created meanwhile by someone else: use theirs
+            with db.session() as session:
+                children[ext] = session.scalar(select(Child.id).where(Child.external_id == ext))
+
+
+def _commit_batch(
+    db: Database,
+    media: Any,
+    actor: Actor,
+    run_id: int,
+    model_db_id: int,
+    accepted: list[_Accepted],
+    children: dict[str, int],
+    outcomes: dict[int, RowOutcome],
+) -> None:
+    """Store the batch's photos and faces in one unit of work with one `import.batch` event."""
+    from childface.db.models import ImageSource
+    from childface.services.children import delete_unreferenced_files
+
+    photos: dict[str, _Photo] = {}
+    for a in accepted:
+        photos.setdefault(a.photo.sha256, a.photo)
+    stored: list[tuple[_Accepted, Face]] = []
+    with ExitStack() as held:
+        # media contract: hold each photo (in a fixed order: no deadlock) across file write and commit
+        for sha in sorted(photos):
+            held.enter_context(media.hold(sha))
+        paths = {sha: store_photo(media, photo.data)[1] for sha, photo in photos.items()}
+        try:
+            with db.unit_of_work(actor) as uow:
+                for a in accepted:
+                    row, rgb = a.planned.row, a.photo.rgb
+                    assert rgb is not None
+                    face = persist_face(
+                        uow.session, sha256=a.photo.sha256, path=paths[a.photo.sha256],
+                        width=int(rgb.shape[1]), height=int(rgb.shape[0]), source=ImageSource.csv_import,
+                        uploaded_by=str(actor), face=a.face, child_id=children[row.external_id],
+                        model_db_id=model_db_id, mask=row.mask, arousal=row.arousal, valence=row.valence,
+                    )
+                    stored.append((a, face))
+                face_ids = [face.id for _, face in stored]
+                uow.audit("import.batch", target_type="import_run", target_id=run_id,
+                          after={"run_id": run_id, "photos": len(photos), "faces": len(face_ids),
+                                 "lines": [a.planned.row.line for a, _ in stored]},
+                          face_ids=face_ids)
+        except BaseException:
+            delete_unreferenced_files(db=db, media=media, files=list(paths.items()))
+            raise
+    for a, face in stored:
+        row = a.planned.row
+        outcomes[row.line] = RowOutcome(row.line, row.external_id, row.image, "imported", "", face.id)
+
+
+def start_run(*, db: Database, actor: Actor, source_name: str, plan: ImportPlan) -> int:
+    """Open an import run (`import_runs` row + `import.started` event); returns its id."""
+    with db.unit_of_work(actor) as uow:
+        run = ImportRun(source_name=source_name[:500], status=ImportStatus.running, started_by=str(actor))
+        uow.session.add(run)
+        uow.session.flush()
+        uow.audit("import.started", target_type="import_run", target_id=run.id,
+                  after={"source": source_name, "plan": plan.counts()})
+        return run.id
+
+
+def _finish_run(
+    db: Database, actor: Actor, run_id: int, status: ImportStatus, counts: dict[str, int],
+    report_path: Path | None,
+) -> None:
+    with db.unit_of_work(actor) as uow:
+        run = uow.session.get(ImportRun, run_id)
+        run.status = status
+        run.finished_at = datetime.now(UTC)
+        run.counts = counts
+        run.report_path = str(report_path) if report_path is not None else None
+        uow.audit("import.finished" if status == ImportStatus.finished else "import.failed",
+                  target_type="import_run", target_id=run_id, after={"status": status.value, **counts})

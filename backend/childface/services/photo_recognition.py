@@ -1,0 +1,164 @@
+"""Recognition requests end to end: photo bytes -> faces with candidates and decisions.
+
+`recognize_photo`: decode, run the pipeline, search the gallery and decide
+(`services.recognition.identify`), add names from the DB, and queue the faces
+that ended in `review` (`services.review.queue_for_review`). `detect_photo`
+stops after detection and quality. `verify_photo` scores one photo's face
+against one child, or against another photo's face.
+
+Faces are reported whatever their quality (the caller sees why a face may be
+unreliable); only faces that ended in `review` are stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import select
+
+from childface.db.models import Child, ChildStatus
+from childface.db.session import Actor
+from childface.services.enrollment import Photo, decode_photos, run_pipeline
+from childface.services.errors import Conflict, InvalidImage, InvalidInput, NotFound
+from childface.services.recognition import UnknownChild, identify, verify
+
+if TYPE_CHECKING:
+    from childface.services.runtime import Runtime
+    from childface.vision.pipeline import DetectedFace
+
+
+@dataclass
+class NamedCandidate:
+    child_id: int
+    external_id: str
+    name: str
+    score: float
+    face_id: int | None
+
+
+@dataclass
+class RecognizedFace:
+    face: DetectedFace
+    decision: str
+    candidates: list[NamedCandidate] = field(default_factory=list)
+    review_id: int | None = None
+
+
+@dataclass
+class PhotoRecognition:
+    width: int
+    height: int
+    model_id: str
+    faces: list[RecognizedFace]
+
+
+def _decoded(runtime: Runtime, data: bytes, filename: str | None = None) -> Photo:
+    photo = Photo(data=data, filename=filename)
+    decode_photos([photo], max_pixels=runtime.settings.max_image_pixels)
+    if photo.error is not None:
+        raise InvalidImage(photo.error[1], code=photo.error[0])
+    return photo
+
+
+def detect_photo(*, runtime: Runtime, data: bytes) -> tuple[Photo, list[DetectedFace]]:
+    """Faces (box, landmarks, quality) of one photo, without embeddings or search."""
+    photo = _decoded(runtime, data)
+    return photo, runtime.pipeline.detect_only([photo.rgb])[0]
+
+
+def recognize_photo(
+    *, runtime: Runtime, actor: Actor, data: bytes, top_k: int | None = None, queue_review: bool = True
+) -> PhotoRecognition:
+    from childface.services.review import queue_for_review
+
+    photo = _decoded(runtime, data)
+    assert photo.rgb is not None
+    faces = run_pipeline(runtime, [photo.rgb])[0]
+    height, width = photo.rgb.shape[:2]
+    gallery = runtime.gallery
+    results: list[RecognizedFace] = []
+    if faces:
+        vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
+        k = top_k or runtime.settings.top_k
+        identifications = identify(gallery, vectors, runtime.settings, k=k)
+        names = _names(runtime, {c.child_id for ident in identifications for c in ident.candidates[:k]})
+        for face, ident in zip(faces, identifications, strict=True):
+            candidates = [
+                NamedCandidate(c.child_id, *names[c.child_id], score=float(c.score), face_id=c.face_id)
+                for c in ident.candidates[:k]
+                if c.child_id in names
+            ]
+            results.append(RecognizedFace(face=face, decision=ident.decision, candidates=candidates))
+    undecided = [r for r in results if r.decision == "review"]
+    if queue_review and undecided:
+        ids = queue_for_review(
+            runtime=runtime,
+            actor=actor,
+            photo=photo,
+            faces=[(r.face, r.candidates) for r in undecided],  # type: ignore[misc]
+        )
+        for result, review_id in zip(undecided, ids, strict=True):
+            result.review_id = review_id
+    return PhotoRecognition(width=width, height=height, model_id=runtime.pipeline.model_id, faces=results)
+
+
+def _names(runtime: Runtime, child_ids: set[int]) -> dict[int, tuple[str, str]]:
+    if not child_ids:
+        return {}
+    with runtime.db.session() as session:
+        rows = session.execute(
+            select(Child.id, Child.external_id, Child.display_name).where(Child.id.in_(child_ids))
+        )
+        return {row.id: (row.external_id, row.display_name) for row in rows}
+
+
+@dataclass
+class Verification:
+    decision: str
+    score: float | None
+    child_id: int | None
+    face: DetectedFace | None
+    other_face: DetectedFace | None
+    reasons: list[str]
+
+
+def _main_face(faces: list[DetectedFace]) -> DetectedFace | None:
+    """The largest face: a verification photo shows one person up front."""
+    if not faces:
+        return None
+    return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+
+
+def verify_photo(
+    *, runtime: Runtime, data: bytes, child_id: int | None = None, other: bytes | None = None
+) -> Verification:
+    """Is the main face of `data` this child (or the main face of `other`)? Score and decision."""
+    if (child_id is None) == (other is None):
+        raise InvalidInput("send either child_id or a second photo (file2)")
+    photos = [_decoded(runtime, data)] + ([_decoded(runtime, other)] if other is not None else [])
+    detected = run_pipeline(runtime, [p.rgb for p in photos])
+    face = _main_face(detected[0])
+    reasons = [] if face is not None else ["no_face"]
+    if child_id is not None:
+        with runtime.db.session() as session:
+            child = session.get(Child, child_id)
+            if child is None:
+                raise NotFound(f"no child with id {child_id}")
+            if child.status != ChildStatus.active:
+                raise Conflict(f"child {child_id} is archived", code="child_not_active")
+        if face is None:
+            return Verification("unknown", None, child_id, None, None, reasons)
+        try:
+            result = verify(face.embedding, runtime.settings, gallery=runtime.gallery, child_id=child_id)
+        except UnknownChild:
+            return Verification("unknown", None, child_id, face, None, ["child_has_no_templates"])
+        return Verification(result.decision, result.score, child_id, face, None, [])
+    other_face = _main_face(detected[1])
+    if other_face is None:
+        reasons.append("no_face_in_second_photo")
+    if face is None or other_face is None:
+        return Verification("unknown", None, None, face, other_face, reasons)
+    result = verify(face.embedding, runtime.settings, reference=other_face.embedding)
+    return Verification(result.decision, result.score, None, face, other_face, [])

@@ -1,0 +1,294 @@
+"""The review queue: recognitions a person has to decide, and how their answers feed the gallery.
+
+A recognised face whose decision is `review` is kept: its photo (source
+`recognition`), the face with its embedding (`child_id` empty, review state
+`pending_review`, so it is not searchable) and a `ReviewItem` with the
+candidates recognition proposed — one unit of work, one `review.queued` event.
+The same photo recognised again reuses the open item of that face.
+
+Resolving an item (one unit of work, one `review.resolved` event listing the
+face, so the gallery re-reads it):
+- `confirm`: the face is the best candidate;
+- `assign`: the face is `child_id`;
+- `new_child`: the face is a child not enrolled yet, created here;
+- `dismiss`: nobody we know (the face stays on record, not searchable).
+With `add_as_template` (default) a confirmed/assigned face that passed the
+quality gate becomes an enrolled template of that child: this is how the
+gallery follows children as they grow. A face that is not added keeps its
+child for the record with review state `rejected` (never searched).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from childface.db.models import Child, ChildStatus, Face, ImageSource, ReviewItem, ReviewState, ReviewStatus
+from childface.db.session import Actor
+from childface.services.children import MAX_PAGE, Page, clean_text, get_child_row, snapshot
+from childface.services.enrollment import Photo, persist_face, store_photo, stored_face_on
+from childface.services.errors import Conflict, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from childface.services.gallery import ChildCandidate
+    from childface.services.runtime import Runtime
+    from childface.vision.pipeline import DetectedFace
+
+ACTIONS = ("confirm", "assign", "new_child", "dismiss")
+
+
+def queue_for_review(
+    *,
+    runtime: Runtime,
+    actor: Actor,
+    photo: Photo,
+    faces: list[tuple[DetectedFace, list[ChildCandidate]]],
+) -> list[int | None]:
+    """Store a probe photo's undecided faces and open one review item each.
+
+    Returns one item id per face, in order: None for a face that is already
+    stored without an open item (e.g. an enrollment photo sent to recognition).
+    """
+    assert photo.rgb is not None and photo.sha256 is not None
+    height, width = photo.rgb.shape[:2]
+    media = runtime.media
+    with media.hold(photo.sha256):
+        _, relative = store_photo(media, photo.data)
+        try:
+            with runtime.db.unit_of_work(actor) as uow:
+                session = uow.session
+                item_ids: list[int | None] = []
+                face_ids: list[int] = []
+                for detected, candidates in faces:
+                    box = [float(v) for v in detected.box]
+                    existing = stored_face_on(session, photo.sha256, box)
+                    if existing is not None:
+                        open_item = session.scalar(
+                            select(ReviewItem.id).where(
+                                ReviewItem.face_id == existing.id, ReviewItem.status == ReviewStatus.open
+                            )
+                        )
+                        item_ids.append(open_item)
+                        continue
+                    face = persist_face(
+                        session,
+                        sha256=photo.sha256,
+                        path=relative,
+                        width=width,
+                        height=height,
+                        source=ImageSource.recognition,
+                        uploaded_by=str(actor),
+                        face=detected,
+                        child_id=None,
+                        model_db_id=runtime.model_db_id,
+                        review_state=ReviewState.pending_review,
+                    )
+                    item = ReviewItem(
+                        face_id=face.id,
+                        candidates=[
+                            {"child_id": c.child_id, "score": round(float(c.score), 6), "face_id": c.face_id}
+                            for c in candidates
+                        ],
+                    )
+                    session.add(item)
+                    session.flush()
+                    item_ids.append(item.id)
+                    face_ids.append(face.id)
+                if not face_ids:
+                    raise _NothingToWrite(item_ids)  # all queued before: roll back, nothing to audit
+                uow.audit(
+                    "review.queued",
+                    target_type="image",
+                    target_id=photo.sha256[:16],
+                    after={"review_ids": item_ids, "faces": len(face_ids)},
+                    face_ids=face_ids,
+                )
+        except _NothingToWrite as nothing:
+            return nothing.item_ids
+        except BaseException:
+            media.discard_if_unreferenced(relative, lambda: _image_exists(runtime, photo.sha256))
+            raise
+    return item_ids
+
+
+class _NothingToWrite(Exception):
+    def __init__(self, item_ids: list[int | None]) -> None:
+        super().__init__(item_ids)
+        self.item_ids = item_ids
+
+
+def _image_exists(runtime: Runtime, sha256: str) -> bool:
+    from childface.db.models import Image
+
+    with runtime.db.session() as session:
+        return session.scalar(select(Image.id).where(Image.sha256 == sha256)) is not None
+
+
+@dataclass
+class ReviewView:
+    item: ReviewItem
+    face: Face
+    #: child_id -> (external_id, name) for the candidates that still exist
+    names: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+
+def _names(session: Any, child_ids: set[int]) -> dict[int, tuple[str, str]]:
+    if not child_ids:
+        return {}
+    rows = session.execute(
+        select(Child.id, Child.external_id, Child.display_name).where(Child.id.in_(child_ids))
+    )
+    return {row.id: (row.external_id, row.display_name) for row in rows}
+
+
+def list_queue(
+    *, runtime: Runtime, status: ReviewStatus | None = ReviewStatus.open, limit: int = 50, offset: int = 0
+) -> Page:
+    """Review items, oldest first (a queue), with their face and candidate names."""
+    limit = max(1, min(limit, MAX_PAGE))
+    offset = max(0, offset)
+    conditions = [] if status is None else [ReviewItem.status == status]
+    with runtime.db.session() as session:
+        total = session.scalar(select(func.count(ReviewItem.id)).where(*conditions)) or 0
+        rows = session.execute(
+            select(ReviewItem, Face)
+            .join(Face, ReviewItem.face_id == Face.id)
+            .where(*conditions)
+            .order_by(ReviewItem.id)
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        names = _names(session, {c["child_id"] for item, _ in rows for c in item.candidates})
+    return Page(
+        items=[ReviewView(item, face, names) for item, face in rows],
+        total=int(total),
+        limit=limit,
+        offset=offset,
+    )
+
+
+def get_review(*, runtime: Runtime, review_id: int) -> ReviewView:
+    with runtime.db.session() as session:
+        item = session.get(ReviewItem, review_id)
+        if item is None:
+            raise NotFound(f"no review item with id {review_id}")
+        face = session.get(Face, item.face_id)
+        names = _names(session, {c["child_id"] for c in item.candidates})
+    return ReviewView(item, face, names)
+
+
+@dataclass
+class Resolution:
+    view: ReviewView
+    child: Child | None
+    template_added: bool
+    template_refused_reasons: list[str]
+
+
+def resolve(
+    *,
+    runtime: Runtime,
+    actor: Actor,
+    review_id: int,
+    action: str,
+    child_id: int | None = None,
+    new_child: dict[str, Any] | None = None,
+    add_as_template: bool = True,
+) -> Resolution:
+    """Decide who a queued face is (see the module docstring); then run `runtime.catch_up()`."""
+    if action not in ACTIONS:
+        raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}")
+    if action == "assign" and child_id is None:
+        raise InvalidInput("action 'assign' needs child_id")
+    if action == "new_child" and not new_child:
+        raise InvalidInput("action 'new_child' needs new_child with external_id and name")
+    with runtime.db.unit_of_work(actor) as uow:
+        session = uow.session
+        item = session.scalar(select(ReviewItem).where(ReviewItem.id == review_id).with_for_update())
+        if item is None:
+            raise NotFound(f"no review item with id {review_id}")
+        if item.status != ReviewStatus.open:
+            raise Conflict(f"review item {review_id} was already resolved ({item.resolution})")
+        face = session.get(Face, item.face_id)
+        target = _target_child(session, action, item, child_id, new_child)
+        before = {
+            "status": item.status.value,
+            "face_state": face.review_state.value,
+            "child_id": face.child_id,
+        }
+        refused: list[str] = []
+        added = False
+        if target is None:
+            face.child_id = None
+            face.review_state = ReviewState.rejected
+        else:
+            face.child_id = target.id
+            details = face.quality_details or {}
+            if not add_as_template:
+                refused = ["not_requested"]
+            elif not details.get("passed", False):
+                refused = list(details.get("reasons", [])) or ["low_quality"]
+            added = not refused
+            face.review_state = ReviewState.enrolled if added else ReviewState.rejected
+        item.status = ReviewStatus.resolved
+        item.resolution = action
+        item.resolved_by = str(actor)
+        item.resolved_at = datetime.now(UTC)
+        session.flush()
+        after: dict[str, Any] = {
+            "resolution": action,
+            "child_id": face.child_id,
+            "template_added": added,
+            "face_state": face.review_state.value,
+        }
+        if action == "new_child" and target is not None:
+            after["new_child"] = snapshot(target)
+        uow.audit(
+            "review.resolved",
+            target_type="review",
+            target_id=item.id,
+            child_id=target.id if target is not None else None,
+            before=before,
+            after=after,
+            face_ids=[face.id],
+        )
+        names = _names(session, {c["child_id"] for c in item.candidates})
+    return Resolution(
+        view=ReviewView(item, face, names),
+        child=target,
+        template_added=added,
+        template_refused_reasons=refused,
+    )
+
+
+def _target_child(
+    session: Any, action: str, item: ReviewItem, child_id: int | None, new_child: dict[str, Any] | None
+) -> Child | None:
+    if action == "dismiss":
+        return None
+    if action == "new_child":
+        assert new_child is not None
+        external_id = clean_text("external_id", new_child.get("external_id"), required=True)
+        if session.scalar(select(Child.id).where(Child.external_id == external_id)):
+            raise Conflict(f"a child with external_id {external_id!r} already exists")
+        child = Child(
+            external_id=external_id,
+            display_name=clean_text("display_name", new_child.get("name"), required=True),
+            group_name=clean_text("group_name", new_child.get("group"), required=False),
+            notes=new_child.get("notes"),
+            status=ChildStatus.active,
+        )
+        session.add(child)
+        session.flush()
+        return child
+    if action == "confirm":
+        if not item.candidates:
+            raise InvalidInput("this item has no candidate to confirm; use assign or new_child")
+        child_id = int(item.candidates[0]["child_id"])
+    child = get_child_row(session, int(child_id))  # type: ignore[arg-type]
+    if child.status != ChildStatus.active:
+        raise Conflict(f"child {child.id} is archived; unarchive it first")
+    return child

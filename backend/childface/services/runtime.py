@@ -1,0 +1,154 @@
+"""What a serving process holds once: settings, database, media store, face pipeline, gallery.
+
+`Runtime` is created once per process (the API keeps it in `app.state`) and
+handed to every request. The pipeline loads lazily on first use (a few seconds
+on the CPU) unless one is injected — tests share one loaded pipeline across
+many runtimes. The gallery serves the pipeline's embedding model: searches
+never mix models (DESIGN.md invariant 4).
+
+After every committed unit of work that may change the index, callers run
+`runtime.catch_up()`: the gallery is the only writer of the index and replays
+the audit events it has not seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+
+from childface.config import Settings
+from childface.db.models import AuditEvent
+from childface.db.session import Database, DatabaseError
+from childface.services.media import MediaStore
+
+if TYPE_CHECKING:
+    from childface.services.gallery import Gallery
+    from childface.vision.pipeline import FacePipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    checks: dict[str, str] = field(default_factory=dict)
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database | None = None,
+        pipeline: FacePipeline | None = None,
+    ) -> None:
+        self.settings = settings
+        self._owns_db = db is None
+        self.db = db if db is not None else Database(settings.database_url)
+        self.media = MediaStore(settings.media_dir)
+        self._pipeline = pipeline
+        self._gallery: Gallery | None = None
+        self._model_db_id: int | None = None
+        self._init_lock = threading.Lock()
+
+    # --- lazily built parts ------------------------------------------------------
+
+    @property
+    def pipeline(self) -> FacePipeline:
+        if self._pipeline is None:
+            with self._init_lock:
+                if self._pipeline is None:
+                    from childface.vision.pipeline import FacePipeline
+
+                    log.info("loading face models on %s", self.settings.resolved_device)
+                    self._pipeline = FacePipeline.from_settings(self.settings)
+        return self._pipeline
+
+    @property
+    def pipeline_loaded(self) -> bool:
+        return self._pipeline is not None
+
+    @property
+    def gallery(self) -> Gallery:
+        if self._gallery is None:
+            pipeline = self.pipeline
+            with self._init_lock:
+                if self._gallery is None:
+                    from childface.services.gallery import Gallery, ensure_embedding_model
+
+                    embedder = pipeline.embedder
+                    self._model_db_id = ensure_embedding_model(
+                        self.db,
+                        key=pipeline.model_id,
+                        name=embedder.name,
+                        weights_sha256=embedder.weights_sha256,
+                        dim=embedder.dim,
+                    )
+                    gallery = Gallery(
+                        db=self.db, settings=self.settings, model_key=pipeline.model_id, dim=embedder.dim
+                    )
+                    gallery.start()
+                    self._gallery = gallery
+        return self._gallery
+
+    @property
+    def model_db_id(self) -> int:
+        """The `embedding_models.id` of the pipeline's embedder (stored with every embedding)."""
+        self.gallery  # noqa: B018 - registers the model on first use
+        assert self._model_db_id is not None
+        return self._model_db_id
+
+    # --- life cycle -----------------------------------------------------------------
+
+    def start(self, *, autosave: bool = True) -> None:
+        """Check the database, load the models, bring the index up to date (idempotent).
+
+        `autosave` runs the gallery's background thread that saves the index
+        snapshot when it changed (and keeps its FAISS structure tuned).
+        """
+        self.db.check()
+        self.media.root.mkdir(parents=True, exist_ok=True)
+        if autosave:
+            self.gallery.start_autosave()
+        else:
+            self.gallery  # noqa: B018 - loads the pipeline and starts the gallery
+
+    def catch_up(self) -> None:
+        """Apply committed changes to the index; call after each unit of work."""
+        if self._gallery is not None:
+            self._gallery.catch_up()
+
+    def readiness(self) -> Readiness:
+        checks: dict[str, str] = {}
+        try:
+            self.db.check()
+            checks["database"] = "ok"
+        except DatabaseError as exc:
+            checks["database"] = f"unreachable: {exc}"
+        checks["models"] = "ok" if self.pipeline_loaded else "not loaded"
+        if self._gallery is None:
+            checks["index"] = "not started"
+        elif checks["database"] == "ok":
+            # replicas learn of other processes' changes here too
+            self._gallery.catch_up()
+            with self.db.session() as session:
+                head = session.scalar(select(func.max(AuditEvent.seq))) or 0
+            lag = head - self._gallery.watermark
+            checks["index"] = "ok" if lag <= 0 else f"{lag} change(s) behind"
+        else:
+            checks["index"] = "unknown"
+        return Readiness(ready=all(value == "ok" for value in checks.values()), checks=checks)
+
+    def close(self) -> None:
+        """Stop the background saver and save the snapshot (a restart replays only newer changes)."""
+        if self._gallery is not None:
+            try:
+                self._gallery.close()
+            except OSError as exc:
+                log.warning("could not save the index snapshot: %s", exc)
+        if self._owns_db:
+            self.db.dispose()

