@@ -789,7 +789,7 @@ def _admin_command(settings: Settings, host: str, port: int) -> tuple[list[str],
     command = [
         sys.executable, "-m", "streamlit", "run", str(app_file),
         "--server.address", host, "--server.port", str(port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
         "--server.maxUploadSize", str(max(1, settings.max_upload_bytes // (1024 * 1024))),
     ]
     return command, {**os.environ, "CHILDFACE_API_URL": settings.resolved_api_url}
@@ -848,7 +848,9 @@ def serve(
     no staff account yet, an `admin` account is created and its password is
     printed once.
     """
+    import signal
     import subprocess
+    import sys
 
     import uvicorn
     from pydantic import ValidationError
@@ -888,6 +890,9 @@ def serve(
         command, environment = _admin_command(settings, settings.api_host, settings.admin_port)
         admin_process = subprocess.Popen(command, env=environment)
         typer.echo(f"admin on http://{settings.api_host}:{settings.admin_port}", err=True)
+        # uvicorn shuts down gracefully on SIGTERM and then re-raises it: with the default handler the
+        # process would die before `finally` and leave the admin running; exiting runs the cleanup
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     typer.echo(f"API on {settings.resolved_api_url} (OpenAPI docs at /docs)", err=True)
     try:
         uvicorn.run(

@@ -65,7 +65,7 @@ def test_sign_in_enroll_and_recognise_in_chromium(
         pytest.skip("Debian's chromium is not at /usr/bin/chromium (`make install-dev` installs it)")
     from playwright.sync_api import expect, sync_playwright
 
-    name = unique("Ema Browser")
+    name = unique("Ben Browser")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -89,7 +89,7 @@ def test_sign_in_enroll_and_recognise_in_chromium(
             page.get_by_role("button", name="Add child").click()
             expect(page.get_by_text(f"Added {name}.")).to_be_visible()
 
-            page.locator('input[type="file"]').first.set_input_files(str(example.images_dir / "c005" /
+            page.locator('input[type="file"]').first.set_input_files(str(example.images_dir / "c002" /
                                                                          "portrait.jpg"))
             expect(page.get_by_text("Face 1: good")).to_be_visible()
             page.get_by_role("button", name=f"Enroll 1 photo(s) for {name}").click()
@@ -97,7 +97,7 @@ def test_sign_in_enroll_and_recognise_in_chromium(
 
             page.get_by_role("link", name="Recognise").click()
             expect(page.get_by_role("heading", name="Recognise")).to_be_visible()
-            page.locator('input[type="file"]').first.set_input_files(str(example.images_dir / "c005" /
+            page.locator('input[type="file"]').first.set_input_files(str(example.images_dir / "c002" /
                                                                          "brighter.jpg"))
             match = page.get_by_text(f"Face 1: Recognised: {name}")
             expect(match).to_be_visible()

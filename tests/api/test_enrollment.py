@@ -21,7 +21,7 @@ def test_enroll_several_photos_of_one_child(client: TestClient, auth, photos: Ph
         photos.person(7, 2),
         mask="false",
         arousal="0.25",
-        valence="-0.5",
+        valence="0.5",
     )
     assert result["child_id"] == child_id and result["enrolled"] == 3
     for photo in result["photos"]:
@@ -34,7 +34,7 @@ def test_enroll_several_photos_of_one_child(client: TestClient, auth, photos: Ph
     assert (
         len(faces) == 3
         and {f["arousal"] for f in faces} == {0.25}
-        and {f["valence"] for f in faces} == {-0.5}
+        and {f["valence"] for f in faces} == {0.5}
     )
     assert all(f["mask"] is False and f["review_state"] == "enrolled" for f in faces)
     thumb = client.get(faces[0]["thumbnail_url"], headers=auth("viewer"))

@@ -24,6 +24,10 @@ def test_reassign_moves_recognition(client: TestClient, auth, photos: Photos, ru
     (event,) = client.get("/audit", params={"action": "face.reassigned"}, headers=staff).json()["items"]
     assert event["before"]["child_id"] == tom and event["after"]["child_id"] == eileen
     assert event["face_ids"] == [face_id]
+    # both children's histories show the move
+    for child in (tom, eileen):
+        history = client.get(f"/children/{child}/history", headers=staff).json()["items"]
+        assert event["seq"] in [e["seq"] for e in history], child
     assert runtime.gallery.check().clean
 
 

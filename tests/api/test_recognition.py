@@ -109,3 +109,46 @@ def test_detect_finds_faces_only(client: TestClient, auth, photos: Photos, runti
     assert response.status_code == 200 and len(body["faces"]) == 6
     assert all(f["detector_score"] > 0.9 for f in body["faces"])
     assert client.get("/review/queue", headers=auth("staff")).json()["total"] == 0
+
+
+def test_a_second_api_process_sees_the_first_ones_changes(
+    client: TestClient,
+    auth,
+    photos: Photos,
+    runtime,
+    pipeline,  # noqa: ANN001
+) -> None:
+    """Two API processes on one database: each catches up from the audit feed before it searches."""
+    from childface.api.app import create_app
+    from childface.services.runtime import Runtime
+
+    replica_runtime = Runtime(
+        runtime.settings.model_copy(
+            update={"index_dir": runtime.settings.media_dir.parent / "replica-index"}
+        ),
+        pipeline=pipeline,
+    )
+    replica_runtime.start(autosave=False)
+    try:
+        with TestClient(create_app(replica_runtime.settings, replica_runtime)) as replica:
+            key = auth(key="recognize")
+            assert recognize(replica, key, _probe(photos, 7, 5))["faces"][0]["decision"] == "unknown"
+            staff = auth("staff")
+            eileen = create_child(client, staff, "E-7", "Eileen")
+            enroll(client, staff, eileen, photos.person(7, 0), photos.person(7, 1))
+            face = recognize(replica, key, _probe(photos, 7, 5))["faces"][0]
+            assert face["decision"] == "match" and face["candidates"][0]["child_id"] == eileen
+            verified = replica.post(
+                "/verify",
+                files={"file": ("p.jpg", _probe(photos, 7, 6), "image/jpeg")},
+                data={"child_id": str(eileen)},
+                headers=key,
+            )
+            assert verified.status_code == 200 and verified.json()["decision"] == "match", verified.text
+            # the first process erases the child: the replica stops recognising her
+            admin = auth("admin")
+            erased = client.post(f"/children/{eileen}/erase", json={"confirm": "ERASE"}, headers=admin)
+            assert erased.status_code == 200, erased.text
+            assert recognize(replica, key, _probe(photos, 7, 5))["faces"][0]["candidates"] == []
+    finally:
+        replica_runtime.close()

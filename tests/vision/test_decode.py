@@ -52,6 +52,19 @@ def test_other_formats(astronaut, fmt):
         assert np.array_equal(rgb, astronaut.rgb)
 
 
+@pytest.mark.parametrize("fmt", ["PPM", "ICO", "TGA", "EPS"])
+def test_formats_no_camera_makes_are_refused_unprobed(astronaut, fmt):
+    """Pillow reads these (EPS through Ghostscript): uploads in them are not parsed at all."""
+    if fmt == "EPS":
+        data = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n"
+    else:
+        data = _encode(astronaut.rgb[:64, :64], fmt)
+        assert Image.open(io.BytesIO(data)).format == fmt  # Pillow itself would open it
+    with pytest.raises(ImageDecodeError) as refused:
+        decode_image(data, LIMIT)
+    assert refused.value.code == "not_an_image" and "JPEG" in str(refused.value)
+
+
 def test_grey_and_alpha_become_rgb(astronaut):
     grey = np.asarray(Image.fromarray(astronaut.rgb).convert("L"))
     assert decode_image(_encode(grey, "PNG"), LIMIT).shape == (512, 512, 3)

@@ -48,9 +48,7 @@ _STATUS_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
-    415: "unsupported_media_type",
     422: "invalid_input",
-    429: "too_many_requests",
 }
 _ACCOUNT_STATUS = {
     "invalid_credentials": 401,

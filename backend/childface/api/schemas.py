@@ -7,16 +7,25 @@ rename or remove them.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 Decision = Literal["match", "review", "unknown"]
 
 #: Row ids are 64-bit signed integers on both back ends; larger numbers are invalid input, not a fault.
 MAX_ROW_ID = 2**63 - 1
 RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything is stored in UTC, so say so on the wire
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+#: every time in the API is timezone-aware UTC (ISO 8601 with an offset), on both back ends
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class RequestBody(BaseModel):
@@ -35,7 +44,7 @@ class RequestBody(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str = Field(description="Stable machine-readable reason, e.g. not_found, duplicate_image.")
+    code: str = Field(description="Stable machine-readable reason, e.g. not_found, invalid_image.")
     message: str = Field(description="What went wrong, for a person.")
     details: list[dict[str, Any]] | None = None
 
@@ -59,13 +68,13 @@ class UserPublic(BaseModel):
     username: str
     role: str
     active: bool
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"
-    expires_at: datetime
+    expires_at: UtcDatetime
     user: UserPublic
 
 
@@ -92,8 +101,8 @@ class ApiKeyPublic(BaseModel):
     scopes: list[str]
     revoked: bool
     created_by: str
-    created_at: datetime
-    last_used_at: datetime | None
+    created_at: UtcDatetime
+    last_used_at: UtcDatetime | None
 
 
 class ApiKeyCreate(RequestBody):
@@ -114,7 +123,7 @@ class ChildCreate(RequestBody):
     group: str | None = Field(default=None, max_length=100)
     notes: str | None = Field(default=None, max_length=5000)
     consent_recorded_by: str | None = Field(default=None, max_length=200)
-    consent_recorded_at: datetime | None = None
+    consent_recorded_at: UtcDatetime | None = None
 
 
 class ChildUpdate(RequestBody):
@@ -123,7 +132,7 @@ class ChildUpdate(RequestBody):
     group: str | None = Field(default=None, max_length=100)
     notes: str | None = Field(default=None, max_length=5000)
     consent_recorded_by: str | None = Field(default=None, max_length=200)
-    consent_recorded_at: datetime | None = None
+    consent_recorded_at: UtcDatetime | None = None
 
 
 class ChildPublic(BaseModel):
@@ -134,11 +143,11 @@ class ChildPublic(BaseModel):
     status: Literal["active", "archived"]
     notes: str | None
     consent_recorded_by: str | None
-    consent_recorded_at: datetime | None
+    consent_recorded_at: UtcDatetime | None
     merged_into_id: int | None
     n_faces: int = Field(description="Enrolled faces (templates) of this child.")
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class ChildPage(BaseModel):
@@ -191,7 +200,7 @@ class FacePublic(BaseModel):
     mask: bool | None
     arousal: float | None
     valence: float | None
-    created_at: datetime
+    created_at: UtcDatetime
     thumbnail_url: str
 
 
@@ -294,8 +303,8 @@ class ReviewItemPublic(BaseModel):
     candidates: list[ReviewCandidate]
     resolution: str | None
     resolved_by: str | None
-    resolved_at: datetime | None
-    created_at: datetime
+    resolved_at: UtcDatetime | None
+    created_at: UtcDatetime
 
 
 class ReviewPage(BaseModel):
@@ -349,7 +358,7 @@ class AuditEventPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     seq: int
-    at: datetime
+    at: UtcDatetime
     actor: str
     action: str
     target_type: str

@@ -57,11 +57,16 @@ def _conditions(
 ) -> list:
     conditions = []
     if child_id is not None:
-        # merges name the merged-away child as target: its history shows the merge too
+        # merges name the merged-away child as target and a reassigned face's event names its new
+        # child: the child a face or a merge took something from sees the event in its history too
         conditions.append(
             or_(
                 AuditEvent.child_id == child_id,
                 and_(AuditEvent.target_type == "child", AuditEvent.target_id == str(child_id)),
+                and_(
+                    AuditEvent.action == "face.reassigned",
+                    AuditEvent.before["child_id"].as_integer() == child_id,
+                ),
             )
         )
     if actor:
@@ -116,7 +121,7 @@ def _cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return value.isoformat()
+        return _utc(value).isoformat()
     if isinstance(value, dict | list):
         return neutralise_cell(json.dumps(value, sort_keys=True, ensure_ascii=False))
     return neutralise_cell(str(value))

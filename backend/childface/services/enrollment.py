@@ -242,8 +242,8 @@ def enroll_photos(
     if not photos:
         raise InvalidInput("send at least one photo")
     for name, value in (("arousal", arousal), ("valence", valence)):
-        if value is not None and not (np.isfinite(value) and -1.0 <= value <= 1.0):
-            raise InvalidInput(f"{name} must be between -1 and 1")
+        if value is not None and not (np.isfinite(value) and 0.0 <= value <= 1.0):
+            raise InvalidInput(f"{name} must be between 0 and 1")
     with runtime.db.session() as session:
         child = get_child_row(session, child_id)
         if child.status != ChildStatus.active:

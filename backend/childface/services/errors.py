@@ -62,9 +62,3 @@ class PayloadTooLarge(DomainError):
     code = "payload_too_large"
     status = 413
 
-
-class NotReady(DomainError):
-    """A dependency (database, models, index) is not usable yet."""
-
-    code = "not_ready"
-    status = 503

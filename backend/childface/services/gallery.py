@@ -605,7 +605,9 @@ class Gallery:
         self._autosave.start()
 
     def maintain(self) -> None:
-        """One background round: switch/compact the FAISS store when due, save when changed."""
+        """One background round: catch up (changes from other processes), switch/compact the FAISS
+        store when due, save when changed."""
+        self.catch_up()
         index = self._children.index
         if isinstance(index, FaissIndex) and index.rebuild_if_needed():
             with self._sync:

@@ -80,6 +80,8 @@ def recognize_photo(
     gallery = runtime.gallery
     results: list[RecognizedFace] = []
     if faces:
+        # another process (API replica, import) may have committed changes since our last catch-up
+        runtime.catch_up()
         vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
         k = top_k or runtime.settings.top_k
         identifications = identify(gallery, vectors, runtime.settings, k=k)
@@ -150,6 +152,7 @@ def verify_photo(
                 raise Conflict(f"child {child_id} is archived", code="child_not_active")
         if face is None:
             return Verification("unknown", None, child_id, None, None, reasons)
+        runtime.catch_up()  # the child's templates may have changed in another process
         try:
             result = verify(face.embedding, runtime.settings, gallery=runtime.gallery, child_id=child_id)
         except UnknownChild:

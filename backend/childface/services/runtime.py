@@ -128,7 +128,9 @@ class Runtime:
             self.db.check()
             checks["database"] = "ok"
         except DatabaseError as exc:
-            checks["database"] = f"unreachable: {exc}"
+            # the probe needs no credentials: the reason (host, user) goes to the log, not the answer
+            log.warning("readiness: database unreachable: %s", exc)
+            checks["database"] = "unreachable"
         checks["models"] = "ok" if self.pipeline_loaded else "not loaded"
         if self._gallery is None:
             checks["index"] = "not started"

@@ -18,6 +18,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+#: Photo formats we open. Pillow would also open EPS (via Ghostscript), PSD, FITS and more: formats
+#: no camera produces are not probed at all, so their parsers never see uploaded bytes.
+#: (JPEG includes the MPO files some phones write.)
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+Image.init()  # registers every plugin's name, so `formats=` can name WEBP and TIFF
 _ORIENTATION_TAG = 0x0112
 _JPEG_END = b"\xff\xd9"
 
@@ -43,7 +48,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         with warnings.catch_warnings():
             # our limit decides; Pillow's own bomb check would only warn below 2x its default
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             width, height = image.size
             if width < 1 or height < 1:
                 raise ImageDecodeError("empty", f"the image has no pixels ({width}x{height})")
@@ -62,7 +67,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             "too_many_pixels", f"the image claims more pixels than the limit {max_pixels}"
         ) from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not_an_image", "not an image in a format we read") from exc
+        raise ImageDecodeError(
+            "not_an_image", f"not an image in a format we read ({', '.join(ACCEPTED_FORMATS)})"
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError("not_an_image", f"not a readable image: {exc}") from exc
     return rgb
