@@ -905,7 +905,11 @@ def serve(
     finally:
         if admin_process is not None:
             admin_process.terminate()
-            admin_process.wait(timeout=30)
+            try:
+                admin_process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # Streamlit can hang in its own shutdown
+                admin_process.kill()
+                admin_process.wait()
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ endpoints run in its thread pool, as in production); 24 client threads send
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from childface.api.benchmark import serve_in_thread
 from childface.db.models import AuditEvent, Face, ReviewState
 
 from .support import Photos, jpeg, on_canvas, variation
@@ -31,20 +29,8 @@ N_RECOGNIZE = 200
 
 @pytest.fixture
 def server_url(app: FastAPI) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def _small(photos: Photos, person: int, n: int) -> bytes:

@@ -14,7 +14,6 @@ photo, so the HTTP and storage overhead is visible as a ratio.
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import tempfile
 import threading
@@ -53,24 +52,25 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 
 @contextmanager
 def serve_in_thread(app: FastAPI) -> Iterator[str]:
-    """Run `app` under uvicorn on a free loopback port; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    """Run `app` under uvicorn on a free loopback port, as `childface serve` does; yields its base URL.
+
+    uvicorn binds the port itself: handing it a socket bound here left Nagle's algorithm on for
+    the accepted connections, which added a delayed-ACK wait (~40 ms) to every keep-alive request.
+    """
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the benchmark server did not start")
         time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=60)
-        sock.close()
 
 
 def _percentiles(samples_ms: list[float]) -> dict[str, float]:
