@@ -12,7 +12,7 @@ import os
 import platform
 from importlib import metadata, resources, util
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -29,7 +29,7 @@ bench_app = typer.Typer(help="Benchmarks (figures, not pass/fail tests).", no_ar
 app.add_typer(bench_app, name="bench")
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print an error for a person and exit non-zero."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -317,6 +317,27 @@ def embed(
         typer.echo(json.dumps(report))
 
 
+def settings_with(**overrides: object) -> Settings:
+    """Settings from the environment with the command line's options (those given) on top."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+
+def bench_settings(device: str | None) -> Settings:
+    """Settings for a benchmark run on `device` (default: the setting), refusing a CUDA that is not there."""
+    settings = settings_with(device=device)
+    if settings.resolved_device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            fail(f"--device {settings.device} asked for, but torch sees no CUDA device")
+    return settings
+
+
 @bench_app.command("pipeline")
 def bench_pipeline(
     images: Annotated[
@@ -330,18 +351,9 @@ def bench_pipeline(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Time our pipeline against face_recognition/dlib's on the same images (figures, not a test)."""
-    import torch
-
     from childface.vision import benchmark
 
-    settings = get_settings()
-    if device is not None:
-        try:
-            settings = settings.model_copy(update={"device": Settings(device=device).device})
-        except ValueError as exc:
-            fail(f"--device {device}: {exc}")
-    if settings.resolved_device.startswith("cuda") and not torch.cuda.is_available():
-        fail("--device cuda asked for, but torch sees no CUDA device")
+    settings = bench_settings(device)
     if threads is not None:
         settings = settings.model_copy(update={"torch_threads": threads})
     try:
@@ -520,18 +532,9 @@ def bench_search(
     """Vector search speed and recall on face-like synthetic data, against numpy brute force."""
     import json
 
-    from childface.config import Settings
     from childface.index.benchmark import run_search_benchmark
 
-    try:
-        settings = Settings(**({"device": device} if device else {}))
-    except ValueError as exc:
-        fail(str(exc))
-    if settings.resolved_device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            fail("--device cuda but torch sees no CUDA device")
+    settings = bench_settings(device)
     report = run_search_benchmark(
         settings, n=n, dims=dim, n_queries=queries, k=k, ef_search=ef_search, progress=True
     )
@@ -714,15 +717,7 @@ def bench_import(
     """Photos per second of a real CSV import (temporary SQLite DB and media folder)."""
     from childface.services.import_bench import run_import_benchmark
 
-    try:
-        settings = Settings(**({"device": device} if device else {}))
-    except ValueError as exc:
-        fail(str(exc))
-    if settings.resolved_device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            fail("--device cuda but torch sees no CUDA device")
+    settings = bench_settings(device)
     report = run_import_benchmark(settings, n=n, batch_size=batch_size, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -750,15 +745,7 @@ def bench_api(
     from childface.api.benchmark import run_api_benchmark
     from childface.services.errors import DomainError
 
-    try:
-        settings = Settings(**({"device": device} if device else {}))
-    except ValueError as exc:
-        fail(str(exc))
-    if settings.resolved_device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            fail("--device cuda but torch sees no CUDA device")
+    settings = bench_settings(device)
     try:
         report = run_api_benchmark(settings, requests=requests, warmup=warmup, concurrency=concurrency)
     except DomainError as exc:
@@ -853,7 +840,6 @@ def serve(
     import sys
 
     import uvicorn
-    from pydantic import ValidationError
 
     from childface.api.app import create_app, logging_config
     from childface.db import Actor
@@ -865,10 +851,7 @@ def serve(
         "detector_weights": detector_weights, "accept_threshold": accept_threshold,
         "review_threshold": review_threshold, "admin_port": admin_port,
     }
-    try:
-        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
-    except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    settings = settings_with(**overrides)
     if settings.review_threshold > settings.accept_threshold:
         fail("the review threshold must not be above the accept threshold")
     for label, path in (("embedder", settings.embedder_weights), ("detector", settings.detector_weights)):

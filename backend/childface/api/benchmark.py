@@ -33,8 +33,6 @@ from fastapi import FastAPI
 
 from childface.api.app import create_app
 from childface.config import Settings
-from childface.db import Database
-from childface.db.migrate import upgrade
 from childface.db.session import Actor
 from childface.services import accounts
 from childface.services.runtime import Runtime
@@ -89,16 +87,7 @@ def run_api_benchmark(
     """Time `requests` sequential recognitions (and a concurrent burst when `concurrency` > 1)."""
     with tempfile.TemporaryDirectory(prefix="childface-bench-api-") as tmp:
         root = Path(tmp)
-        bench_settings = settings.model_copy(
-            update={
-                "database_url": f"sqlite:///{root / 'bench.db'}",
-                "media_dir": root / "media",
-                "index_dir": root / "index",
-            }
-        )
-        database = Database(bench_settings.database_url)
-        upgrade(database)
-        runtime = Runtime(bench_settings, db=database)
+        runtime = Runtime.scratch(settings, root)
         load_started = time.perf_counter()
         runtime.start(autosave=False)
         load_seconds = time.perf_counter() - load_started
@@ -108,7 +97,6 @@ def run_api_benchmark(
             }
         finally:
             runtime.close()
-            database.dispose()
 
 
 def _measure(runtime: Runtime, *, requests: int, warmup: int, concurrency: int) -> dict[str, Any]:

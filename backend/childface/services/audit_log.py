@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import BigInteger, and_, cast, func, or_, select
 
 from childface.db.models import AuditEvent
 from childface.db.session import Database
@@ -65,7 +65,8 @@ def _conditions(
                 and_(AuditEvent.target_type == "child", AuditEvent.target_id == str(child_id)),
                 and_(
                     AuditEvent.action == "face.reassigned",
-                    AuditEvent.before["child_id"].as_integer() == child_id,
+                    # BIGINT, not as_integer()'s INTEGER: ids are 64-bit on PostgreSQL
+                    cast(AuditEvent.before["child_id"].as_string(), BigInteger) == child_id,
                 ),
             )
         )

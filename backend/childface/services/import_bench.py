@@ -19,8 +19,6 @@ from typing import Any
 import torch
 
 from childface.config import Settings
-from childface.db import Database
-from childface.db.migrate import upgrade
 from childface.db.session import Actor
 from childface.services import importing
 from childface.services.runtime import Runtime
@@ -30,14 +28,7 @@ from childface.services.sample_data import build_synthetic_dataset
 def run_import_benchmark(settings: Settings, *, n: int, batch_size: int, progress: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="childface-bench-import-") as tmp:
         root = Path(tmp)
-        bench_settings = settings.model_copy(update={
-            "database_url": f"sqlite:///{root / 'bench.db'}",
-            "media_dir": root / "media",
-            "index_dir": root / "index",
-        })
-        database = Database(bench_settings.database_url)
-        upgrade(database)
-        runtime = Runtime(bench_settings, db=database)
+        runtime = Runtime.scratch(settings, root)
         load_started = time.perf_counter()
         runtime.start()
         load_seconds = time.perf_counter() - load_started
@@ -73,7 +64,6 @@ def run_import_benchmark(settings: Settings, *, n: int, batch_size: int, progres
             if bar is not None:
                 bar.close()
             runtime.close()
-            database.dispose()
         refusals: dict[str, int] = {}
         for outcome in result.outcomes:
             if outcome.status == "refused":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
@@ -54,6 +55,22 @@ class Runtime:
         self._gallery: Gallery | None = None
         self._model_db_id: int | None = None
         self._init_lock = threading.Lock()
+
+    @classmethod
+    def scratch(cls, settings: Settings, root: Path) -> Runtime:
+        """A runtime on a new, migrated SQLite database and media folder under `root` (benchmarks)."""
+        from childface.db.migrate import upgrade
+
+        scratch_settings = settings.model_copy(
+            update={
+                "database_url": f"sqlite:///{root / 'scratch.db'}",
+                "media_dir": root / "media",
+                "index_dir": root / "index",
+            }
+        )
+        runtime = cls(scratch_settings)
+        upgrade(runtime.db)
+        return runtime
 
     # --- lazily built parts ------------------------------------------------------
 
