@@ -7,10 +7,27 @@ import streamlit as st
 from admin_ui import ui
 
 st.title("childface")
+notice = st.session_state.pop("notice", None)
+if notice:
+    st.info(notice, icon=":material/info:")
 current = ui.user()
 if current is not None:
     st.success(f"You are signed in as {current['name']} ({current.get('role')}).")
     st.write("Use the menu on the left. To switch accounts, sign out first.")
+    if current.get("kind") == "user":
+        with st.expander("Change your password", icon=":material/key:"), st.form("password_form"):
+            old_password = st.text_input("Current password", type="password", key="password_current")
+            new_password = st.text_input("New password (at least 8 characters)", type="password",
+                                         key="password_new")
+            repeated = st.text_input("New password again", type="password", key="password_repeat")
+            if st.form_submit_button("Change password"):
+                if new_password != repeated:
+                    st.error("The two new passwords differ.")
+                elif ui.call(lambda: ui.api().post("/auth/password", json={
+                        "current_password": old_password, "new_password": new_password}) or True):
+                    ui.sign_out()  # the API ended every session of the account
+                    st.session_state.notice = "Password changed. Sign in with the new password."
+                    st.rerun()
     st.stop()
 
 st.write("Sign in with your staff account.")

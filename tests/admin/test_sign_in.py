@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from .conftest import ADMIN_APP, LiveApi, click, texts
+from .conftest import ADMIN_APP, LiveApi, click, client, texts, unique
 
 
 def test_wrong_password_is_refused_in_plain_words(api: LiveApi, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,3 +41,30 @@ def test_pages_follow_the_role(api: LiveApi, signed_in: Callable[..., AppTest]) 
     click(admin, "Sign out")
     assert [t.value for t in admin.title] == ["childface"]
     assert admin.text_input(key="username") is not None
+
+
+def test_change_own_password(api: LiveApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    import admin_ui.config
+
+    username = unique("pat")
+    account = {"username": username, "password": "first-password", "role": "staff"}
+    client(api).post("/admin/users", json=account)
+    monkeypatch.setattr(admin_ui.config, "API_URL", api.url)
+    at = AppTest.from_file(str(ADMIN_APP), default_timeout=60).run()
+    at.text_input(key="username").input(username)
+    at.text_input(key="password").input("first-password")
+    click(at, "Sign in")
+    at.switch_page("views/sign_in.py").run()
+    at.text_input(key="password_current").input("first-password")
+    at.text_input(key="password_new").input("second-password")
+    at.text_input(key="password_repeat").input("second-passwort")
+    click(at, "Change password")
+    assert [e.value for e in at.error] == ["The two new passwords differ."]
+    at.text_input(key="password_repeat").input("second-password")
+    click(at, "Change password")
+    assert not at.exception, at.exception
+    assert "Password changed. Sign in with the new password." in texts(at)
+    at.text_input(key="username").input(username)
+    at.text_input(key="password").input("second-password")
+    click(at, "Sign in")
+    assert [t.value for t in at.title] == ["Children"], texts(at)

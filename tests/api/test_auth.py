@@ -48,6 +48,38 @@ def test_login_me_logout(client: TestClient, auth, runtime) -> None:  # noqa: AN
     assert client.get("/auth/me", headers=headers).status_code == 401
 
 
+def test_change_password_ends_sessions_and_is_audited(client: TestClient, auth, runtime) -> None:  # noqa: ANN001
+    headers = auth("staff")
+    other = client.post("/auth/login", json={"username": "staff", "password": PASSWORD}).json()[
+        "access_token"
+    ]
+    wrong = client.post(
+        "/auth/password", json={"current_password": "not it", "new_password": "a new secret"}, headers=headers
+    )
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "wrong_password"
+    short = client.post(
+        "/auth/password", json={"current_password": PASSWORD, "new_password": "short"}, headers=headers
+    )
+    assert short.status_code == 422
+    changed = client.post(
+        "/auth/password", json={"current_password": PASSWORD, "new_password": "a new secret"}, headers=headers
+    )
+    assert changed.status_code == 204, changed.text
+    for token in (headers["Authorization"].removeprefix("Bearer "), other):
+        assert client.get("/auth/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert client.post("/auth/login", json={"username": "staff", "password": PASSWORD}).status_code == 401
+    fresh = client.post("/auth/login", json={"username": "staff", "password": "a new secret"})
+    assert fresh.status_code == 200
+    admin = auth("admin")
+    (event,) = client.get("/audit", params={"action": "user.password_changed"}, headers=admin).json()["items"]
+    assert event["actor"] == "user:staff" and "new secret" not in str(event)
+    key = auth(key="recognize")
+    refused = client.post(
+        "/auth/password", json={"current_password": "x", "new_password": "whatever1"}, headers=key
+    )
+    assert refused.status_code == 400
+
+
 def test_lockout_after_repeated_failures(client: TestClient, auth, runtime) -> None:  # noqa: ANN001
     auth("staff")
     limit = runtime.settings.login_max_failures

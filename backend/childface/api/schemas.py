@@ -86,6 +86,11 @@ class Me(BaseModel):
     permissions: list[str]
 
 
+class PasswordChange(RequestBody):
+    current_password: str = Field(min_length=1, max_length=1000)
+    new_password: str = Field(min_length=8, max_length=1000)
+
+
 class UserCreate(RequestBody):
     username: str = Field(min_length=1, max_length=100)
     password: str = Field(min_length=8, max_length=1000)

@@ -207,6 +207,28 @@ def logout(*, db: Database, token: str) -> None:
         session.execute(delete(StaffSession).where(StaffSession.token_hash == _sha256(token)))
 
 
+def change_password(*, db: Database, actor: Actor, username: str, current: str, new: str) -> None:
+    """Replace a user's password after checking the current one; every other session ends.
+
+    The audit event says that the password changed, never what it was or is.
+    """
+    if len(new) < MIN_PASSWORD_LENGTH:
+        raise AccountError("weak_password", f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    with db.unit_of_work(actor) as uow:
+        user = uow.session.scalar(select(User).where(User.username == username).with_for_update())
+        if user is None or not user.active:
+            raise AccountError("invalid_credentials", "wrong username or password")
+        try:
+            _hasher.verify(user.password_hash, current)
+        except (VerificationError, InvalidHashError):
+            raise AccountError("wrong_password", "the current password is wrong") from None
+        user.password_hash = _hasher.hash(new)
+        uow.session.execute(delete(StaffSession).where(StaffSession.user_id == user.id))
+        uow.audit(
+            "user.password_changed", target_type="user", target_id=user.id, after={"username": username}
+        )
+
+
 def ensure_first_admin(*, db: Database, actor: Actor, username: str = "admin") -> str | None:
     """On a database with no staff account, create an admin with a random password and return it.
 

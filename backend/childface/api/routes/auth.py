@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter, Response
 
 from childface.api.deps import CurrentPrincipal, RuntimeDep
-from childface.api.schemas import LoginRequest, Me, TokenResponse, UserPublic
+from childface.api.schemas import LoginRequest, Me, PasswordChange, TokenResponse, UserPublic
 from childface.services import accounts
+from childface.services.errors import InvalidInput
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -40,6 +41,21 @@ def logout(principal: CurrentPrincipal, runtime: RuntimeDep) -> Response:
     """End this session (the token stops working). API keys have no session: nothing happens."""
     if principal.token is not None:
         accounts.logout(db=runtime.db, token=principal.token)
+    return Response(status_code=204)
+
+
+@router.post("/password", status_code=204, response_class=Response)
+def change_password(body: PasswordChange, principal: CurrentPrincipal, runtime: RuntimeDep) -> Response:
+    """Change the signed-in staff member's password. Every session of the account ends, this one too."""
+    if principal.kind != "user":
+        raise InvalidInput("API keys have no password; sign in as a staff member")
+    accounts.change_password(
+        db=runtime.db,
+        actor=principal.actor,
+        username=principal.name,
+        current=body.current_password,
+        new=body.new_password,
+    )
     return Response(status_code=204)
 
 
