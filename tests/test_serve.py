@@ -133,6 +133,14 @@ def test_serve_refuses_bad_options(serve_env: dict[str, str], tmp_path: Path) ->
         timeout=120,
     )
     assert missing.returncode == 2 and "weights not found" in missing.stderr
+    loud = subprocess.run(
+        [CHILDFACE, "serve", "--log-level", "loud"],
+        env=serve_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert loud.returncode == 2 and "--log-level" in loud.stderr
     behind = subprocess.run([CHILDFACE, "serve"], env=serve_env, capture_output=True, text=True, timeout=120)
     assert behind.returncode == 2 and "childface migrate" in behind.stderr
 

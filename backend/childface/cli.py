@@ -851,6 +851,8 @@ def serve(
         "detector_weights": detector_weights, "accept_threshold": accept_threshold,
         "review_threshold": review_threshold, "admin_port": admin_port,
     }
+    if log_level.lower() not in {"debug", "info", "warning", "error"}:
+        fail(f"--log-level must be debug, info, warning or error, not {log_level!r}")
     settings = settings_with(**overrides)
     if settings.review_threshold > settings.accept_threshold:
         fail("the review threshold must not be above the accept threshold")
