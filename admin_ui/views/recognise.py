@@ -39,7 +39,7 @@ for n, face in enumerate(faces):
     else:
         text = f"{n + 1}: unknown"
     labels.append((face["box"], text, ui.DECISION_COLOURS[face["decision"]]))
-st.image(ui.draw_boxes(data, labels), width="stretch")
+st.image(ui.draw_boxes(data, labels), width="content")
 
 if not faces:
     st.warning("No face found in this photo.")
