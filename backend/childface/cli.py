@@ -324,7 +324,10 @@ def settings_with(**overrides: object) -> Settings:
     try:
         return Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        fail("; ".join(
+            ": ".join(filter(None, (".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, "))))
+            for e in exc.errors()
+        ))
 
 
 def bench_settings(device: str | None) -> Settings:
@@ -854,8 +857,6 @@ def serve(
     if log_level.lower() not in {"debug", "info", "warning", "error"}:
         fail(f"--log-level must be debug, info, warning or error, not {log_level!r}")
     settings = settings_with(**overrides)
-    if settings.review_threshold > settings.accept_threshold:
-        fail("the review threshold must not be above the accept threshold")
     for label, path in (("embedder", settings.embedder_weights), ("detector", settings.detector_weights)):
         if path is not None and not path.is_file():
             fail(f"{label} weights not found: {path}")

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DetectorName = Literal["retinaface-mobilenet", "retinaface-resnet50"]
@@ -157,6 +157,12 @@ class Settings(BaseSettings):
         if value.startswith("cuda:") and value[5:].isdigit():
             return value
         raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> Settings:
+        if self.review_threshold > self.accept_threshold:
+            raise ValueError("the review threshold must not be above the accept threshold")
+        return self
 
     @property
     def resolved_device(self) -> str:

@@ -12,18 +12,17 @@ from __future__ import annotations
 import shutil
 import socket
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from streamlit.testing.v1 import AppTest
 
 from childface.api.app import create_app
+from childface.api.benchmark import serve_in_thread
 from childface.config import Settings
 from childface.db import Actor, Database
 from childface.services import accounts
@@ -74,24 +73,12 @@ def start_api(
             accounts.create_user(db=db, actor=Actor("system", "test"), username=role, password=password,
                                  role=role)
         runtime = Runtime(settings, db=db, pipeline=pipeline)
-        port = _free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(settings, runtime), host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="on"))
-        thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 120
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.05)
-
-        def stop() -> None:
-            server.should_exit = True
-            thread.join(timeout=30)
-            runtime.close()
-            db.dispose()
-
-        stops.append(stop)
-        return LiveApi(url=f"http://127.0.0.1:{port}", settings=settings, db=db, runtime=runtime)
+        stack = ExitStack()
+        stack.callback(db.dispose)  # last out: after the server stopped and the runtime closed
+        stack.callback(runtime.close)
+        url = stack.enter_context(serve_in_thread(create_app(settings, runtime)))
+        stops.append(stack.close)
+        return LiveApi(url=url, settings=settings, db=db, runtime=runtime)
 
     yield start
     for stop in stops:

@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import cv2
 import httpx
 import numpy as np
 import torch
@@ -36,16 +35,9 @@ from childface.config import Settings
 from childface.db.session import Actor
 from childface.services import accounts
 from childface.services.runtime import Runtime
-from childface.services.sample_data import load_sample_photos, synthetic_photo
+from childface.services.sample_data import encode_jpeg, load_sample_photos, synthetic_photo
 
 ENROLL_PHOTOS = 3
-
-
-def _jpeg(rgb: np.ndarray) -> bytes:
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return data.tobytes()
 
 
 @contextmanager
@@ -103,9 +95,9 @@ def _measure(runtime: Runtime, *, requests: int, warmup: int, concurrency: int) 
     sample = load_sample_photos(runtime.pipeline.detector)
     rng = np.random.default_rng(0)
     child_face = sample.faces[0]
-    enroll_photos = [_jpeg(synthetic_photo(child_face, rng)) for _ in range(ENROLL_PHOTOS)]
+    enroll_photos = [encode_jpeg(synthetic_photo(child_face, rng), quality=90) for _ in range(ENROLL_PHOTOS)]
     probe_rgb = synthetic_photo(child_face, rng)
-    probe = _jpeg(probe_rgb)
+    probe = encode_jpeg(probe_rgb, quality=90)
     key = accounts.create_api_key(
         db=runtime.db, actor=Actor("system", "bench-api"), name="bench", scopes=["recognize", "enroll"]
     ).key

@@ -77,13 +77,9 @@ class Principal:
         return Actor(self.kind, self.name)
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _touch_key(runtime: Runtime, key: ApiKey) -> None:
     now = datetime.now(UTC)
-    if key.last_used_at is not None and now - _aware(key.last_used_at) < LAST_USED_GRANULARITY:
+    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_GRANULARITY:
         return
     with runtime.db.transaction() as session:
         row = session.get(ApiKey, key.id)

@@ -20,11 +20,11 @@ RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
 
 
 def _as_utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything is stored in UTC, so say so on the wire
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-#: every time in the API is timezone-aware UTC (ISO 8601 with an offset), on both back ends
+#: A time a client sends, in UTC (naive means UTC). Times the API sends are UTC already: the
+#: database column type (`db.models.UtcDateTime`) reads them back timezone-aware.
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
@@ -68,13 +68,13 @@ class UserPublic(BaseModel):
     username: str
     role: str
     active: bool
-    created_at: UtcDatetime
+    created_at: datetime
 
 
 class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"
-    expires_at: UtcDatetime
+    expires_at: datetime
     user: UserPublic
 
 
@@ -106,8 +106,8 @@ class ApiKeyPublic(BaseModel):
     scopes: list[str]
     revoked: bool
     created_by: str
-    created_at: UtcDatetime
-    last_used_at: UtcDatetime | None
+    created_at: datetime
+    last_used_at: datetime | None
 
 
 class ApiKeyCreate(RequestBody):
@@ -148,11 +148,11 @@ class ChildPublic(BaseModel):
     status: Literal["active", "archived"]
     notes: str | None
     consent_recorded_by: str | None
-    consent_recorded_at: UtcDatetime | None
+    consent_recorded_at: datetime | None
     merged_into_id: int | None
     n_faces: int = Field(description="Enrolled faces (templates) of this child.")
-    created_at: UtcDatetime
-    updated_at: UtcDatetime
+    created_at: datetime
+    updated_at: datetime
 
 
 class ChildPage(BaseModel):
@@ -205,7 +205,7 @@ class FacePublic(BaseModel):
     mask: bool | None
     arousal: float | None
     valence: float | None
-    created_at: UtcDatetime
+    created_at: datetime
     thumbnail_url: str
 
 
@@ -308,8 +308,8 @@ class ReviewItemPublic(BaseModel):
     candidates: list[ReviewCandidate]
     resolution: str | None
     resolved_by: str | None
-    resolved_at: UtcDatetime | None
-    created_at: UtcDatetime
+    resolved_at: datetime | None
+    created_at: datetime
 
 
 class ReviewPage(BaseModel):
@@ -363,7 +363,7 @@ class AuditEventPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     seq: int
-    at: UtcDatetime
+    at: datetime
     actor: str
     action: str
     target_type: str

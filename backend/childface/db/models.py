@@ -26,8 +26,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; Postgres gets a 64-bit identity.
@@ -44,6 +46,29 @@ NAMING_CONVENTION = {
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """The same instant in UTC; a naive time is taken to be UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    PostgreSQL keeps the offset (timestamptz); SQLite keeps none and hands back
+    naive values. Normalising here, in the one column type, spares every
+    reader a naive/aware check and keeps SQLite's text comparisons in UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
 
 
 class Base(DeclarativeBase):
@@ -110,10 +135,10 @@ class Child(Base):
     )
     notes: Mapped[str | None] = mapped_column(Text)
     consent_recorded_by: Mapped[str | None] = mapped_column(String(200))
-    consent_recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    consent_recorded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("children.id", ondelete="SET NULL"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
     faces: Mapped[list[Face]] = relationship(back_populates="child")
 
@@ -128,7 +153,7 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
     source: Mapped[ImageSource] = mapped_column(_enum(ImageSource, "image_source"))
     uploaded_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     faces: Mapped[list[Face]] = relationship(
         back_populates="image", cascade="all, delete-orphan", passive_deletes=True
@@ -158,7 +183,7 @@ class Face(Base):
     review_state: Mapped[ReviewState] = mapped_column(
         _enum(ReviewState, "review_state"), default=ReviewState.enrolled, index=True
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     image: Mapped[Image] = relationship(back_populates="faces")
     child: Mapped[Child | None] = relationship(back_populates="faces")
@@ -182,7 +207,7 @@ class EmbeddingModel(Base):
     name: Mapped[str] = mapped_column(String(100))
     weights_sha256: Mapped[str] = mapped_column(String(64))
     dim: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class Embedding(Base):
@@ -194,7 +219,7 @@ class Embedding(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("embedding_models.id", ondelete="RESTRICT"), index=True)
     #: float32 little-endian, L2-normalised, `dim` values
     vector: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     face: Mapped[Face] = relationship(back_populates="embeddings")
     model: Mapped[EmbeddingModel] = relationship()
@@ -214,7 +239,7 @@ class AuditEvent(Base):
     )
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     actor: Mapped[str] = mapped_column(String(200), index=True)
     action: Mapped[str] = mapped_column(String(64), index=True)
     target_type: Mapped[str] = mapped_column(String(32))
@@ -235,8 +260,8 @@ class User(Base):
     role: Mapped[Role] = mapped_column(_enum(Role, "user_role"))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class StaffSession(Base):
@@ -247,8 +272,8 @@ class StaffSession(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     user: Mapped[User] = relationship()
 
@@ -265,8 +290,8 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class ReviewItem(Base):
@@ -283,8 +308,8 @@ class ReviewItem(Base):
     )
     resolution: Mapped[str | None] = mapped_column(String(32))
     resolved_by: Mapped[str | None] = mapped_column(String(200))
-    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ImportRun(Base):
@@ -296,8 +321,8 @@ class ImportRun(Base):
         _enum(ImportStatus, "import_status"), default=ImportStatus.running
     )
     started_by: Mapped[str] = mapped_column(String(200))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     #: {"imported": n, "duplicate": n, "refused": n, "rows": n}
     counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
     report_path: Mapped[str | None] = mapped_column(String(500))

@@ -39,11 +39,6 @@ def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone-aware columns; they were stored as UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def create_user(*, db: Database, actor: Actor, username: str, password: str, role: str) -> User:
     username = username.strip()
     if not username:
@@ -161,11 +156,11 @@ def login(
         if user is None or not user.active:
             _hasher.hash(password)  # spend the same time as a real check
             raise AccountError("invalid_credentials", "wrong username or password")
-        if user.locked_until is not None and _aware(user.locked_until) > now:
+        if user.locked_until is not None and user.locked_until > now:
             raise AccountError(
                 "account_locked",
                 "too many failed sign-ins; try again after "
-                f"{_aware(user.locked_until).strftime('%H:%M UTC')}",
+                f"{user.locked_until.strftime('%H:%M UTC')}",
             )
         try:
             _hasher.verify(user.password_hash, password)
@@ -197,7 +192,7 @@ def user_for_token(*, db: Database, token: str) -> User | None:
     if row is None:
         return None
     staff_session, user = row
-    if _aware(staff_session.expires_at) <= datetime.now(UTC) or not user.active:
+    if staff_session.expires_at <= datetime.now(UTC) or not user.active:
         return None
     return user
 

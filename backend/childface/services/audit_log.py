@@ -12,7 +12,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import BigInteger, and_, cast, func, or_, select
 
@@ -39,11 +39,6 @@ _EXPORT_CHUNK = 1000
 def neutralise_cell(value: str) -> str:
     """Make a CSV cell inert in spreadsheets (see the module docstring)."""
     return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
-
-
-def _utc(moment: datetime) -> datetime:
-    # events are stored in UTC (SQLite keeps no offset): compare in UTC, naive meaning UTC
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _conditions(
@@ -80,9 +75,9 @@ def _conditions(
     if target_type:
         conditions.append(AuditEvent.target_type == target_type)
     if since is not None:
-        conditions.append(AuditEvent.at >= _utc(since))
+        conditions.append(AuditEvent.at >= since)
     if until is not None:
-        conditions.append(AuditEvent.at < _utc(until))
+        conditions.append(AuditEvent.at < until)
     return conditions
 
 
@@ -122,7 +117,7 @@ def _cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return _utc(value).isoformat()
+        return value.isoformat()
     if isinstance(value, dict | list):
         return neutralise_cell(json.dumps(value, sort_keys=True, ensure_ascii=False))
     return neutralise_cell(str(value))

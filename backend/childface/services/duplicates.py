@@ -45,9 +45,8 @@ def find_duplicates(
 ) -> list[DuplicatePair]:
     """The `limit` most similar pairs of different children above `threshold`, best first."""
     threshold = runtime.settings.review_threshold if threshold is None else threshold
-    gallery = runtime.gallery
+    gallery = runtime.current_gallery()
     model_db_id = runtime.model_db_id
-    runtime.catch_up()
     k = min(runtime.settings.top_k + 1, 50)
     best: dict[tuple[int, int], tuple[float, int, int]] = {}
     with runtime.db.session() as session:

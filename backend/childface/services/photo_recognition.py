@@ -77,14 +77,11 @@ def recognize_photo(
     assert photo.rgb is not None
     faces = run_pipeline(runtime, [photo.rgb])[0]
     height, width = photo.rgb.shape[:2]
-    gallery = runtime.gallery
     results: list[RecognizedFace] = []
     if faces:
-        # another process (API replica, import) may have committed changes since our last catch-up
-        runtime.catch_up()
         vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
         k = top_k or runtime.settings.top_k
-        identifications = identify(gallery, vectors, runtime.settings, k=k)
+        identifications = identify(runtime.current_gallery(), vectors, runtime.settings, k=k)
         names = _names(runtime, {c.child_id for ident in identifications for c in ident.candidates[:k]})
         for face, ident in zip(faces, identifications, strict=True):
             candidates = [
@@ -152,9 +149,10 @@ def verify_photo(
                 raise Conflict(f"child {child_id} is archived", code="child_not_active")
         if face is None:
             return Verification("unknown", None, child_id, None, None, reasons)
-        runtime.catch_up()  # the child's templates may have changed in another process
         try:
-            result = verify(face.embedding, runtime.settings, gallery=runtime.gallery, child_id=child_id)
+            result = verify(
+                face.embedding, runtime.settings, gallery=runtime.current_gallery(), child_id=child_id
+            )
         except UnknownChild:
             return Verification("unknown", None, child_id, face, None, ["child_has_no_templates"])
         return Verification(result.decision, result.score, child_id, face, None, [])

@@ -139,6 +139,15 @@ class Runtime:
         if self._gallery is not None:
             self._gallery.catch_up()
 
+    def current_gallery(self) -> Gallery:
+        """The gallery caught up with every committed change, this process's or another's.
+
+        Read the index through this: API replicas and imports write to the same database.
+        """
+        gallery = self.gallery
+        gallery.catch_up()
+        return gallery
+
     def readiness(self) -> Readiness:
         checks: dict[str, str] = {}
         try:

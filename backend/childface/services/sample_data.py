@@ -107,12 +107,17 @@ def load_sample_photos(detector) -> SamplePhotos:  # noqa: ANN001 - any object w
                         no_face=_read_rgb(folder / "mask_blue.jpg"))
 
 
-def _write_jpeg(path: Path, rgb: np.ndarray, quality: int = 92) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    """An RGB photo as JPEG bytes, as a camera or an upload would bring it."""
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise OSError(f"cannot encode {path.name}")
-    path.write_bytes(data.tobytes())
+        raise OSError("JPEG encoding failed")
+    return data.tobytes()
+
+
+def _write_jpeg(path: Path, rgb: np.ndarray, quality: int = 92) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_jpeg(rgb, quality))
 
 
 def _brightness(rgb: np.ndarray, factor: float) -> np.ndarray:

@@ -22,7 +22,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 #: no camera produces are not probed at all, so their parsers never see uploaded bytes.
 #: (JPEG includes the MPO files some phones write.)
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
-Image.init()  # registers every plugin's name, so `formats=` can name WEBP and TIFF
 _ORIENTATION_TAG = 0x0112
 _JPEG_END = b"\xff\xd9"
 
