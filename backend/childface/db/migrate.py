@@ -36,9 +36,24 @@ def alembic_config(url: str) -> Config:
 def upgrade(database: Database, revision: str = "head") -> None:
     """Bring the schema to `revision` (default: the newest)."""
     config = alembic_config(database.url)
-    with database.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    with database.engine.connect() as connection:
+        if database.is_sqlite:
+            # rebuilding a parent table (SQLite's only way to alter one) must not cascade its
+            # DROP into the children's rows; the pragma only takes effect outside a transaction
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+            if database.is_sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                connection.commit()
+                if broken:
+                    raise RuntimeError(f"the migration left rows with broken references: {broken[:5]}")
+        finally:
+            if database.is_sqlite:
+                connection.rollback()
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
 def current_revision(database: Database) -> str | None:

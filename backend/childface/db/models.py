@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -73,6 +74,12 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+#: SQLite reuses the highest rowid after a delete unless the table says AUTOINCREMENT; ids that the
+#: audit or the API refer to must never come back (an erased child's id on a new child), so every
+#: table with a surrogate id carries it. PostgreSQL identities never go back anyway.
+NO_ID_REUSE = {"sqlite_autoincrement": True}
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -125,6 +132,7 @@ class ImportStatus(enum.StrEnum):
 
 class Child(Base):
     __tablename__ = "children"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     external_id: Mapped[str] = mapped_column(String(128), unique=True)
@@ -145,6 +153,7 @@ class Child(Base):
 
 class Image(Base):
     __tablename__ = "images"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -162,6 +171,7 @@ class Image(Base):
 
 class Face(Base):
     __tablename__ = "faces"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
@@ -200,6 +210,7 @@ class EmbeddingModel(Base):
     """One embedding space: vectors of different models are never searched together."""
 
     __tablename__ = "embedding_models"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     #: the embedder's model_id: name + weights hash prefix
@@ -212,7 +223,10 @@ class EmbeddingModel(Base):
 
 class Embedding(Base):
     __tablename__ = "embeddings"
-    __table_args__ = (UniqueConstraint("face_id", "model_id", name="uq_embeddings_face_model"),)
+    __table_args__ = (
+        UniqueConstraint("face_id", "model_id", name="uq_embeddings_face_model"),
+        NO_ID_REUSE,
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), index=True)
@@ -236,6 +250,7 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_events_target", "target_type", "target_id"),
         Index("ix_audit_events_at", "at"),
+        NO_ID_REUSE,
     )
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -253,6 +268,7 @@ class AuditEvent(Base):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     username: Mapped[str] = mapped_column(String(100), unique=True)
@@ -268,6 +284,7 @@ class StaffSession(Base):
     """A signed-in staff member's bearer token (only its hash is stored)."""
 
     __tablename__ = "staff_sessions"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -280,6 +297,7 @@ class StaffSession(Base):
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
@@ -298,6 +316,7 @@ class ReviewItem(Base):
     """A recognition that ended in `review`: a person decides who the face is."""
 
     __tablename__ = "review_items"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), index=True)
@@ -313,7 +332,19 @@ class ReviewItem(Base):
 
 
 class ImportRun(Base):
+    """One CSV import. At most one runs at a time in a deployment (a partial unique index says so)."""
+
     __tablename__ = "import_runs"
+    __table_args__ = (
+        Index(
+            "uq_import_runs_one_running",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+        NO_ID_REUSE,
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     source_name: Mapped[str] = mapped_column(String(500))
@@ -326,3 +357,40 @@ class ImportRun(Base):
     #: {"imported": n, "duplicate": n, "refused": n, "rows": n}
     counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
     report_path: Mapped[str | None] = mapped_column(String(500))
+    #: the running process renews it; a `running` run whose heartbeat stopped was interrupted (crash)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: why a run failed or was interrupted, for people
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class FileDeletion(Base):
+    """A media file whose last row went: written in the deleting transaction, removed once swept.
+
+    The journal makes file deletion durable: a crash after the commit leaves the
+    entry, and the next sweep (after each commit, at start-up, periodically)
+    deletes the file unless a row took it back meanwhile.
+    """
+
+    __tablename__ = "file_deletions"
+    __table_args__ = NO_ID_REUSE
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(String(500))
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class LoginThrottle(Base):
+    """Failed sign-ins per client address, and per client address and account name.
+
+    `key` is a sha256 (of "addr:<address>" or "acct:<address>:<username>"), so
+    names typed at the sign-in form (which may be mistyped passwords) are not
+    stored. Counted with one atomic upsert per failure, shared by every API process.
+    """
+
+    __tablename__ = "login_throttles"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    blocked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from childface.db.models import Child, ChildStatus, Embedding, Face, Image, ReviewItem, ReviewState
 from childface.db.session import Actor, Database
 from childface.services.errors import Conflict, InvalidInput, NotFound
+from childface.services.file_journal import journal_deletions, sweep
 from childface.services.media import MediaStore
 
 MAX_PAGE = 500
@@ -301,6 +302,7 @@ def erase_child(
         )
         if orphaned:
             session.execute(delete(Image).where(Image.id.in_([row.id for row in orphaned])))
+            journal_deletions(session, [(row.sha256, row.path) for row in orphaned])
         # children merged into this one keep their own rows; only the pointer goes
         for merged in session.scalars(select(Child).where(Child.merged_into_id == child_id)):
             merged.merged_into_id = None
@@ -315,9 +317,7 @@ def erase_child(
             after={"erased": True, "faces_deleted": len(face_ids), "images_deleted": len(orphaned)},
             face_ids=face_ids,
         )
-    files_deleted = delete_unreferenced_files(
-        db=db, media=media, files=[(r.sha256, r.path) for r in orphaned]
-    )
+    files_deleted = sweep(db=db, media=media, shas=[r.sha256 for r in orphaned])
     return ErasureReport(
         child_id=child_id,
         external_id=external_id,
@@ -325,17 +325,3 @@ def erase_child(
         images_deleted=len(orphaned),
         files_deleted=files_deleted,
     )
-
-
-def delete_unreferenced_files(*, db: Database, media: MediaStore, files: list[tuple[str, str]]) -> int:
-    """After a commit that removed image rows: delete their files unless a new row took them back."""
-    deleted = 0
-    for sha, path in files:
-        with media.hold(sha):
-
-            def referenced(sha: str = sha) -> bool:
-                with db.session() as session:
-                    return session.scalar(select(Image.id).where(Image.sha256 == sha)) is not None
-
-            deleted += media.discard_if_unreferenced(path, referenced)
-    return deleted

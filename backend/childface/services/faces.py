@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from childface.db.models import ChildStatus, Embedding, Face, Image, ReviewItem, ReviewState
 from childface.db.session import Actor, Database
-from childface.services.children import delete_unreferenced_files, get_child_row
+from childface.services.children import get_child_row
 from childface.services.errors import Conflict, InvalidImage, NotFound
+from childface.services.file_journal import journal_deletions, sweep
 from childface.services.media import MediaStore, face_thumbnail
 
 
@@ -85,6 +86,7 @@ def remove_face(*, db: Database, media: MediaStore, actor: Actor, face_id: int) 
         image_gone = not session.scalar(select(exists().where(Face.image_id == image.id)))
         if image_gone:
             session.execute(delete(Image).where(Image.id == image.id))
+            journal_deletions(session, [(image.sha256, image.path)])
         uow.audit(
             "face.removed",
             target_type="face",
@@ -95,7 +97,7 @@ def remove_face(*, db: Database, media: MediaStore, actor: Actor, face_id: int) 
             face_ids=[face_id],
         )
     if image_gone:
-        delete_unreferenced_files(db=db, media=media, files=[(image.sha256, image.path)])
+        sweep(db=db, media=media, shas=[image.sha256])
     return face
 
 

@@ -773,7 +773,7 @@ def _admin_command(settings: Settings, host: str, port: int) -> tuple[list[str],
     """The Streamlit command line and environment that run the admin page against our API."""
     import sys
 
-    app_file = Path(__file__).resolve().parents[2] / "admin_ui" / "app.py"
+    app_file = Path(__file__).resolve().parents[3] / "admin_ui" / "app.py"
     if not app_file.is_file():
         fail(f"the admin page is not installed here ({app_file} is missing)")
     command = [
@@ -898,5 +898,6 @@ def serve(
                 admin_process.wait()
 
 
-if __name__ == "__main__":
-    app()
+
+# command groups in their own modules register on `app` when imported
+from childface.cli import maintenance  # noqa: E402, F401
