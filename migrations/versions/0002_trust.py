@@ -48,6 +48,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table("import_runs") as batch_op:
         batch_op.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("owner", sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column("error", sa.Text(), nullable=True))
     op.execute(
         "UPDATE import_runs SET status = 'failed', "
@@ -68,6 +69,8 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("reason", sa.String(length=16), nullable=False),
+        sa.Column("owner", sa.String(length=200), nullable=True),
         sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_file_deletions")),
         sqlite_autoincrement=True,
@@ -135,4 +138,5 @@ def downgrade() -> None:
     op.drop_index("uq_import_runs_one_running", table_name="import_runs")
     with op.batch_alter_table("import_runs") as batch_op:
         batch_op.drop_column("error")
+        batch_op.drop_column("owner")
         batch_op.drop_column("heartbeat_at")

@@ -359,6 +359,8 @@ class ImportRun(Base):
     report_path: Mapped[str | None] = mapped_column(String(500))
     #: the running process renews it; a `running` run whose heartbeat stopped was interrupted (crash)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: the importing process ("host:pid"), so a restart on the same host can tell it died
+    owner: Mapped[str | None] = mapped_column(String(200))
     #: why a run failed or was interrupted, for people
     error: Mapped[str | None] = mapped_column(Text)
 
@@ -377,6 +379,10 @@ class FileDeletion(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     path: Mapped[str] = mapped_column(String(500))
+    #: 'removed': its last row went; 'pending_write': written before the commit that will refer to it
+    reason: Mapped[str] = mapped_column(String(16), default="removed")
+    #: the writing process ("host:pid") of a pending write: a dead owner's file is swept at once
+    owner: Mapped[str | None] = mapped_column(String(200))
     requested_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
