@@ -854,8 +854,6 @@ def _commit_batch(
 ) -> None:
     """Store the batch's photos and faces in one unit of work with one `import.batch` event."""
     from childface.db.models import ImageSource
-    from childface.services.children import delete_unreferenced_files
-
     photos: dict[str, _Photo] = {}
     for a in accepted:
         photos.setdefault(a.photo.sha256, a.photo)
@@ -883,11 +881,17 @@ def _commit_batch(
                                  "lines": [a.planned.row.line for a, _ in stored]},
                           face_ids=face_ids)
         except BaseException:
-            delete_unreferenced_files(db=db, media=media, files=list(paths.items()))
+            for sha, path in paths.items():
+                media.discard_if_unreferenced(path, lambda sha=sha: _image_stored(db, sha))
             raise
     for a, face in stored:
         row = a.planned.row
         outcomes[row.line] = RowOutcome(row.line, row.external_id, row.image, "imported", "", face.id)
+
+
+def _image_stored(db: Database, sha256: str) -> bool:
+    with db.session() as session:
+        return session.scalar(select(Image.id).where(Image.sha256 == sha256)) is not None
 
 
 def start_run(*, db: Database, actor: Actor, source_name: str, plan: ImportPlan) -> int:
