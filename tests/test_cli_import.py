@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from childface.db import Database
-from childface.db.models import Child, Face
+from childface.db.models import Child, Face, Image
 
 CHILDFACE = str(Path(sys.executable).with_name("childface"))
 
@@ -102,3 +102,59 @@ def test_unusable_input_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and "does not exist" in result.stderr
     result = run_cli("import", str(tmp_path / "absent.csv"), env=env)
     assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 one-face photos: an import long enough for a second one to start while it runs."""
+    from childface.config import Settings
+    from childface.services.sample_data import build_synthetic_dataset
+    from childface.vision.detector import RetinaFaceDetector
+
+    out = tmp_path_factory.mktemp("synthetic-cli")
+    detector = RetinaFaceDetector.from_settings(Settings(_env_file=None, device="cpu"))
+    build_synthetic_dataset(out, 120, detector)
+    return out
+
+
+def test_two_parallel_imports_one_refuses(synthetic_dir: Path, cli_env: dict[str, str], db_url: str,
+                                          tmp_path: Path) -> None:
+    assert run_cli("migrate", env=cli_env).returncode == 0
+    csv_path = synthetic_dir / "synthetic.csv"
+    commands = [[CHILDFACE, "import", str(csv_path), "--images", str(synthetic_dir / "images"), "--json",
+                 "--report", str(tmp_path / f"report-{i}.csv")] for i in range(2)]
+    procs = [subprocess.Popen(c, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in commands]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], [err[-2000:] for _, _, err in results]
+    (refused_err,) = [err for code, _, err in results if code == 2]
+    assert "another import is running" in refused_err and "Traceback" not in refused_err
+    (summary,) = [json.loads(out) for code, out, _ in results if code == 0]
+    database = Database(db_url)
+    try:
+        with database.session() as session:
+            faces = session.scalar(select(func.count(Face.id)))
+            photos = session.scalar(select(func.count(Image.id)))
+    finally:
+        database.dispose()
+    assert faces == photos == summary["imported"] > 0  # one template per photo
+
+
+def test_dry_run_of_a_damaged_zip_lists_refused_rows(example_dir: Path, cli_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    from services.zips import ZIP_ROWS, damaged_zip
+
+    assert run_cli("migrate", env=cli_env).returncode == 0
+    archive = tmp_path / "damaged.zip"
+    archive.write_bytes(damaged_zip((example_dir / "images" / "c001" / "brighter.jpg").read_bytes()))
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_text("child_id,image\n" + "".join(f"Z{i},{n}.jpg\n" for i, n in enumerate(ZIP_ROWS)))
+    dry = run_cli("import", str(csv_path), "--zip", str(archive), "--dry-run", env=cli_env)
+    assert dry.returncode == 0, dry.stderr
+    assert "Traceback" not in dry.stderr
+    assert "7 rows: 1 to import, 0 already imported, 0 duplicate, 6 refused" in dry.stderr
+    reasons = {r["image"]: r["reason"] for r in csv.DictReader((tmp_path / "rows-report.csv").open())}
+    assert set(reasons) == {f"{n}.jpg" for n in ZIP_ROWS if n != "good"}
+    assert reasons["bad-crc.jpg"].startswith("bad-crc.jpg is damaged in the zip")
+    assert reasons["encrypted.jpg"].startswith("encrypted.jpg is encrypted in the zip")

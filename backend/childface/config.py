@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from limits import parse as parse_rate
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -135,6 +136,21 @@ class Settings(BaseSettings):
         "shutdown); a restart replays only the changes since.",
     )
 
+    # --- crash recovery and housekeeping -------------------------------------
+    pending_write_grace_s: float = Field(
+        default=3600.0,
+        gt=0.0,
+        description="A photo write announced this long ago whose writer cannot be checked (another host) "
+        "counts as abandoned: its file goes if no row refers to it. Writers on this host are checked "
+        "directly. Also the age below which `childface gc-media` leaves unreferenced files alone.",
+    )
+    housekeeping_interval_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="How often a running server finishes journaled file deletions and abandoned writes, "
+        "and marks imports whose process died as failed.",
+    )
+
     # --- API and admin -----------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
@@ -144,9 +160,35 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=1024)
+    max_request_pixels: int = Field(
+        default=100_000_000,
+        ge=1024,
+        description="Pixels (width x height, from the headers) of all photos of one request together, "
+        "each photo counting at least the detector's working size; above it the request is refused "
+        "(413) before any decoding. 100 MP: eight 12-MP phone photos or two photos at the per-photo "
+        "limit, about 4 s of decoding and detection on two CPU cores.",
+    )
     session_ttl_minutes: int = Field(default=12 * 60, ge=1)
-    login_max_failures: int = Field(default=5, ge=1)
-    login_lockout_minutes: int = Field(default=15, ge=1)
+    login_max_failures_per_account_address: int = Field(
+        default=5,
+        ge=1,
+        description="Failed sign-ins for one name from one client address, within the window, after "
+        "which that address must wait one window before trying that name again (429).",
+    )
+    login_max_failures_per_address: int = Field(
+        default=20,
+        ge=1,
+        description="Failed sign-ins from one client address (any names), within the window, after "
+        "which that address must wait one window (429). Other addresses are not affected.",
+    )
+    login_throttle_window_minutes: int = Field(
+        default=15, ge=1, description="Window in which failed sign-ins are counted, and the wait after."
+    )
+    rate_limit_unauthenticated: str = Field(
+        default="30/minute",
+        description="Requests per client address to routes that need no credentials (sign-in, API docs) "
+        "and requests with missing or invalid credentials, e.g. '30/minute' or '100/hour' (429).",
+    )
 
     @field_validator("device")
     @classmethod
@@ -157,6 +199,15 @@ class Settings(BaseSettings):
         if value.startswith("cuda:") and value[5:].isdigit():
             return value
         raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("rate_limit_unauthenticated")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        try:
+            parse_rate(value)
+        except ValueError:
+            raise ValueError("rate_limit_unauthenticated must look like '30/minute' or '100/hour'") from None
+        return value
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> Settings:

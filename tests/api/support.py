@@ -33,6 +33,7 @@ from childface.api.app import create_app
 from childface.config import Settings
 from childface.db import Actor
 from childface.services import accounts
+from childface.services.login_throttle import ThrottlePolicy
 from childface.services.runtime import Runtime
 
 TEST_ACTOR = Actor("system", "api-test")
@@ -183,8 +184,8 @@ def auth(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dic
                 username=name,
                 password=PASSWORD,
                 ttl=timedelta(hours=1),
-                max_failures=5,
-                lockout=timedelta(minutes=15),
+                client_address="test-fixture",
+                policy=ThrottlePolicy.from_settings(runtime.settings),
             )
             cache[name] = {"Authorization": f"Bearer {token}"}
         return cache[name]

@@ -15,7 +15,7 @@ def test_duplicates_then_merge(client: TestClient, auth, photos: Photos, runtime
     enroll(client, staff, first, photos.person(7, 0), photos.person(7, 1))
     enroll(client, staff, second, photos.person(7, 2))
     enroll(client, staff, tom, photos.person(6, 0))
-    report = client.get("/review/duplicates", headers=auth("viewer")).json()
+    report = client.get("/review/duplicates", headers=staff).json()
     assert report["threshold"] == runtime.settings.review_threshold
     pair = report["pairs"][0]
     assert {pair["a"]["child_id"], pair["b"]["child_id"]} == {first, second} and pair["score"] > 0.95

@@ -102,7 +102,7 @@ def test_bad_rows_keep_their_reason_and_bad_files_are_refused_whole() -> None:
         "A5,e.jpg,,,,,,,\n"
     )
     errors = {row.line: row.error for row in table.rows}
-    assert "child id is empty" in errors[2]
+    assert "child id must not be empty" in errors[2]
     assert "incomplete" in errors[3]
     assert "mask 'maybe'" in errors[4] and "arousal 1.5 is outside 0..1" in errors[4]
     assert "no area" in errors[5]

@@ -7,7 +7,8 @@ event loop; on shutdown it saves the index snapshot.
 
 Every error, ours or the framework's (validation, 404, 405, oversized body),
 leaves as `{"error": {"code": ..., "message": ...}}` with a 4xx status (5xx
-only for real faults, with code `internal_error` and the request id).
+only for real faults, with code `internal_error`; a 5xx names its request id
+in the body, the message, the `X-Request-ID` header and the log line).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from childface.api.rate_limit import AddressRateLimit, RateLimited, client_address
 from childface.config import Settings, get_settings
 from childface.services.accounts import AccountError
 from childface.services.errors import DomainError
@@ -52,8 +54,9 @@ _STATUS_CODES = {
 }
 _ACCOUNT_STATUS = {
     "invalid_credentials": 401,
-    "account_locked": 423,
+    "too_many_attempts": 429,
     "not_found": 404,
+    "conflict": 409,
     "username_taken": 409,
     "name_taken": 409,
 }
@@ -94,11 +97,19 @@ def logging_config(level: str = "info") -> dict[str, Any]:
     }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, details: Any = None, *, retry_after_s: int | None = None
+) -> JSONResponse:
+    """The error shape; a 5xx also names its request id (body and message), for a person to quote."""
     body: dict[str, Any] = {"code": code, "message": message}
+    if status >= 500:
+        request_id = request_id_var.get()
+        body["message"] = f"{message}; quote request id {request_id}"
+        body["request_id"] = request_id
     if details is not None:
         body["details"] = details
-    return JSONResponse({"error": jsonable_encoder(body)}, status_code=status)
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return JSONResponse({"error": jsonable_encoder(body)}, status_code=status, headers=headers)
 
 
 class _BodyTooLarge(StarletteHTTPException):
@@ -109,10 +120,13 @@ class _BodyTooLarge(StarletteHTTPException):
 
 
 class RequestContextMiddleware:
-    """Request id in and out, one access-log line per request, and the body-size limit.
+    """Request id in and out, one access-log line per request, the body-size limit, unhandled errors.
 
-    The limit is checked on Content-Length up front and again while the body
-    streams in (chunked uploads have no length), before any parsing happens.
+    The body-size limit is checked on Content-Length up front and again while the
+    body streams in (chunked uploads have no length), before any parsing happens.
+
+    An unhandled exception becomes a 500 here, while the request id is still
+    known: the log line, the body and the `X-Request-ID` header all carry it.
     """
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
@@ -169,6 +183,13 @@ class RequestContextMiddleware:
             if status_holder["started"]:
                 raise
             await _too_large(limit)(scope, receive, send_with_id)
+        except Exception:
+            # answered here, not by Starlette's outer error middleware: there the request id
+            # would be gone from the log line, the body and the headers
+            log.exception("unhandled error")
+            if status_holder["started"]:
+                raise
+            await error_response(500, "internal_error", "internal error")(scope, receive, send_with_id)
         finally:
             log.info(
                 "%s %s -> %s in %.1f ms",
@@ -187,11 +208,18 @@ def _too_large(limit: int) -> JSONResponse:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_request: Request, exc: DomainError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(
+            exc.status, exc.code, exc.message, retry_after_s=getattr(exc, "retry_after_s", None)
+        )
 
     @app.exception_handler(AccountError)
     async def _account(_request: Request, exc: AccountError) -> JSONResponse:
-        return error_response(_ACCOUNT_STATUS.get(exc.code, 400), exc.code, exc.message)
+        return error_response(
+            _ACCOUNT_STATUS.get(exc.code, 400),
+            exc.code,
+            exc.message,
+            retry_after_s=getattr(exc, "retry_after_s", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -209,13 +237,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.headers:
             response.headers.update(exc.headers)
         return response
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(
-            500, "internal_error", f"internal error; quote request id {request_id_var.get()}"
-        )
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
@@ -259,11 +280,37 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = runtime
     app.state.settings = settings
+    app.state.rate_limit = AddressRateLimit(settings.rate_limit_unauthenticated)
     _install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_upload_bytes)
     for module in (health, auth, children, faces, recognition, review, audit, admin, imports, calibration):
         app.include_router(module.router)
+    docs = {app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url} - {None}
+    app.add_middleware(DocsRateLimit, paths=frozenset(docs), limit=app.state.rate_limit)
+    # outermost: its request id reaches every response, the rate limit's 429 too
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_upload_bytes)
     return app
+
+
+class DocsRateLimit:
+    """Counts each request for the API docs (no credentials needed) against its address's rate limit.
+
+    API routes that need no credentials count through the `count_unauthenticated` dependency.
+    """
+
+    def __init__(self, app: ASGIApp, *, paths: frozenset[str], limit: AddressRateLimit) -> None:
+        self.app = app
+        self.paths = paths
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            try:
+                self.limit.hit(client_address(scope))
+            except RateLimited as exc:
+                refusal = error_response(exc.status, exc.code, exc.message, retry_after_s=exc.retry_after_s)
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _error_model() -> type:

@@ -13,7 +13,8 @@ set of permissions:
 | erase      | admin                  | admin               | irreversible erasure                    |
 | admin      | admin                  | admin               | users, API keys, settings, calibration  |
 
-No credentials -> 401; credentials without the permission -> 403.
+No credentials -> 401; credentials without the permission -> 403. Requests
+without valid credentials count against the address's rate limit (429 over it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from childface.api.rate_limit import client_address
 from childface.api.schemas import MAX_ROW_ID
 from childface.db.models import ApiKey, Role
 from childface.db.session import Actor
@@ -88,9 +90,26 @@ def _touch_key(runtime: Runtime, key: ApiKey) -> None:
 
 
 def get_principal(
+    request: Request,
     runtime: RuntimeDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal:
+    """The caller; a request without valid credentials counts against its address's rate limit."""
+    try:
+        return _authenticate(runtime, bearer, api_key)
+    except Unauthorized:
+        count_unauthenticated(request)  # 429 instead, once over the limit
+        raise
+
+
+def count_unauthenticated(request: Request) -> None:
+    """Count a request without valid credentials against its address's rate limit; 429 over it."""
+    request.app.state.rate_limit.hit(client_address(request))
+
+
+def _authenticate(
+    runtime: Runtime, bearer: HTTPAuthorizationCredentials | None, api_key: str | None
 ) -> Principal:
     if api_key:
         key = accounts.find_api_key(db=runtime.db, plaintext=api_key)

@@ -47,6 +47,9 @@ class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable reason, e.g. not_found, invalid_image.")
     message: str = Field(description="What went wrong, for a person.")
     details: list[dict[str, Any]] | None = None
+    request_id: str | None = Field(
+        default=None, description="On 5xx answers: the request id to quote (also in X-Request-ID)."
+    )
 
 
 class ErrorResponse(BaseModel):

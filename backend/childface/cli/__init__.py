@@ -17,6 +17,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from childface.config import Settings, get_settings
+from childface.private_files import private_dir, restrict_umask
 
 app = typer.Typer(
     name="childface",
@@ -51,9 +52,14 @@ def open_database(settings: Settings):  # noqa: ANN201 - the Database type is im
 
 
 def ensure_media_dir(path: Path) -> None:
-    """Create the media folder and prove it is writable, or exit with the reason."""
+    """Create the media folder (private) and prove it is writable, or exit with the reason.
+
+    Every command that writes the data folder passes here first: from now on this process
+    creates its files 0600 and folders 0700 (umask 0o077).
+    """
+    restrict_umask()
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
@@ -215,6 +221,14 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         }
         if revision != head:
             problems.append("database schema is not current: run `childface migrate`")
+        else:
+            from childface.services.media import MediaStore
+            from childface.services.recovery import recover
+
+            # what a crash left for the next start (or `childface recover`) to clean: shown, not a problem
+            store = MediaStore(settings.media_dir)
+            leftovers = recover(settings=settings, db=database, media=store, apply=False)
+            report["recovery"] = leftovers.summary()
     except DatabaseError as exc:
         report["database"] = {"reachable": False, "error": str(exc)}
         problems.append(str(exc))
@@ -663,6 +677,8 @@ def import_csv(
                 max_pixels=settings.max_image_pixels, batch_size=batch_size, report_path=report,
                 progress=progress, after_commit=runtime.catch_up, plan=plan,
             )
+        except DomainError as exc:  # another import is running (import_running), ...
+            fail(exc.message)
         finally:
             bar.close()
             runtime.close()
@@ -730,6 +746,26 @@ def bench_import(
             f"{report['photos_per_second']:.2f} photos/s on {report['device']} "
             f"({report['imported']} imported, {report['refused']} refused)"
         )
+
+
+@bench_app.command("duplicates")
+def bench_duplicates(
+    faces: Annotated[int, typer.Option("--faces", min=2, help="Synthetic templates in the gallery.")] = 10000,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs (the best is reported).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Time of the duplicates report (GET /review/duplicates) over N templates (temporary SQLite DB)."""
+    from childface.services.duplicates_bench import run_duplicates_benchmark
+
+    report = run_duplicates_benchmark(get_settings(), faces=faces, repeat=repeat)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(
+        f"{report['faces']} templates, {report['children']} children: {report['pairs_found']} pairs "
+        f"(planted {report['planted_duplicates']}) at threshold {report['threshold']} in "
+        f"{report['seconds_best']:.3f} s (best of {len(report['seconds_all'])}, {report['cpu_count']} CPUs)"
+    )
 
 
 @bench_app.command("api")

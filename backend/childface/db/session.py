@@ -8,7 +8,9 @@ failed change leaves no audit row.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from childface.db.models import AuditEvent
+from childface.private_files import private_dir, private_sqlite_file
+
+log = logging.getLogger(__name__)
+
+_BUSY_TIMEOUT_MS = 30_000
+#: how long `scrub_freed_pages` keeps retrying a SQLite checkpoint that readers hold up
+_CHECKPOINT_PATIENCE_S = 5.0
 
 
 class DatabaseError(RuntimeError):
@@ -91,8 +100,10 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # deleted rows are overwritten with zeros, not left in free space (erasure of a child)
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -108,13 +119,21 @@ class Database:
         self.url = url
         sqlite_path = _sqlite_file(url)
         if sqlite_path is not None:
+            # the database holds biometric data: its folder 0700, the file (and -wal, -shm) 0600
             try:
-                sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(sqlite_path.parent)
             except OSError as exc:
                 raise DatabaseError(f"cannot create the folder for {sqlite_path}: {exc}") from exc
+            try:
+                private_sqlite_file(sqlite_path)
+            except OSError as exc:
+                raise DatabaseError(f"cannot create the database file {sqlite_path}: {exc}") from exc
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         try:
-            self.engine = create_engine(url, echo=echo, pool_pre_ping=not self.is_sqlite)
+            # hide_parameters: a logged database error must not print the values (names, external ids)
+            self.engine = create_engine(
+                url, echo=echo, pool_pre_ping=not self.is_sqlite, hide_parameters=True
+            )
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise DatabaseError(f"invalid database URL {make_url(url)!r}: {exc}") from exc
         if self.is_sqlite:
@@ -166,6 +185,52 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def scrub_freed_pages(self, tables: Sequence[str]) -> bool:
+        """After a commit that deleted personal data: leave its bytes in no database file that can be read.
+
+        SQLite (`secure_delete` is on, so freed cells and pages are zeroed): checkpoint
+        the write-ahead log into the database and truncate it, so no older page image
+        survives in the `-wal` file; retried for a few seconds while readers hold old
+        snapshots. PostgreSQL: a plain VACUUM of `tables` (autocommit, takes no lock
+        that blocks reads or writes) so dead row versions become free space; the
+        bytes stay in that free space until overwritten (VACUUM FULL rewrites a
+        table). Returns whether it completed; logs a warning when it could not.
+        """
+        if self.is_sqlite:
+            return self._checkpoint_truncate()
+        try:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                preparer = self.engine.dialect.identifier_preparer
+                for table in tables:
+                    conn.exec_driver_sql(f"VACUUM {preparer.quote(table)}")
+        except SQLAlchemyError as exc:
+            log.warning("VACUUM after erasure did not complete (%s); run VACUUM later", type(exc).__name__)
+            return False
+        return True
+
+    def _checkpoint_truncate(self) -> bool:
+        raw = self.engine.raw_connection()
+        cursor = raw.cursor()
+        try:
+            # wait briefly per try instead of the 30 s busy timeout: readers usually finish at once
+            cursor.execute("PRAGMA busy_timeout=200")
+            deadline = time.monotonic() + _CHECKPOINT_PATIENCE_S
+            while True:
+                busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return True
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "could not checkpoint the SQLite log after erasure: readers kept old pages open;"
+                        " erased bytes stay in the -wal file until the next checkpoint"
+                    )
+                    return False
+                time.sleep(0.05)
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            cursor.close()
+            raw.close()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import faiss
+import numpy as np
 
 from childface.config import Settings
 from childface.index.base import (
@@ -21,6 +22,7 @@ from childface.index.base import (
     SnapshotError,
     SnapshotMismatch,
     VectorIndex,
+    read_snapshot,
 )
 from childface.index.faiss_index import FaissIndex
 from childface.index.torch_index import TorchExactIndex
@@ -36,6 +38,7 @@ __all__ = [
     "VectorIndex",
     "create_index",
     "load_index",
+    "purge_snapshot",
     "snapshot_path",
 ]
 
@@ -79,3 +82,28 @@ def snapshot_path(settings: Settings, model_id: str) -> Path:
     """Where this model's snapshot lives: `<index_dir>/<model id, filesystem-safe>.cfidx`."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)
     return settings.resolved_index_dir / f"{safe}.cfidx"
+
+
+def purge_snapshot(path: Path, ids: np.ndarray) -> bool:
+    """Rewrite a snapshot of any model and backend without these faces (erasure); True if it changed.
+
+    A file that cannot be read is deleted: it is derived data, and it may hold the vectors.
+    """
+    kinds: dict[str, type[VectorIndex]] = {FaissIndex.kind: FaissIndex, TorchExactIndex.kind: TorchExactIndex}
+    try:
+        header, _ = read_snapshot(path)
+        cls = kinds.get(header["kind"])
+        if cls is None:
+            raise SnapshotMismatch(f"unknown index kind {header['kind']!r}")
+        index = cls.load(path)
+    except FileNotFoundError:
+        return False
+    except SnapshotError:
+        path.unlink(missing_ok=True)
+        return True
+    present = np.asarray([i for i in ids.tolist() if index.contains(i)], dtype=np.int64)
+    if not len(present):
+        return False
+    index.purge(present)
+    index.save(path)
+    return True

@@ -161,6 +161,15 @@ class VectorIndex(ABC):
     def remove(self, ids: np.ndarray) -> int:
         """Remove these ids; unknown ids are ignored. Returns how many were present."""
 
+    def purge(self, ids: np.ndarray) -> int:
+        """Remove these ids so that no copy of their vectors stays in the index's memory (erasure).
+
+        `remove` may only hide an entry; after `purge` the vectors are gone from the
+        structure, so the next `save` cannot write them. This default suits backends
+        whose removal is physical; the others override it. Returns how many were present.
+        """
+        return self.remove(ids)
+
     @abstractmethod
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(q, dim) unit queries -> ids (q, k) int64 and similarities (q, k) float32, best first."""

@@ -12,6 +12,16 @@ Two stores sit behind one `FaissIndex`:
   would map to two graph nodes. When dead labels exceed `compact_fraction` of
   the live ones, `rebuild_if_needed` rebuilds the graph from the live vectors.
 
+Erasure needs more than hiding: `purge` overwrites the vectors with zeros in
+place before removing them (exact store: before `remove_ids`, whose compaction
+leaves the tail of its buffer as it was; HNSW: the dead nodes' rows of the
+graph's flat storage), so neither memory nor the next snapshot keeps them. A
+zeroed dead node is never returned (the live-label filter) and routes poorly
+until the next compaction, which is fine for the few nodes an erasure kills.
+A dead node's label keeps its former face id as `-2 - face_id` (negative, so
+every "label >= 0 is live" test holds), which lets `purge` find the vectors of
+a face removed earlier (archived, replaced) too.
+
 Switching store (the gallery grew past the threshold, or shrank below half of
 it, or the HNSW graph needs compacting) is `rebuild_if_needed()`, which the
 caller runs in a background thread: it copies the live vectors under the read
@@ -49,6 +59,17 @@ EXACT = "flat"
 APPROXIMATE = "hnsw"
 
 
+def _dead(labels: np.ndarray) -> np.ndarray:
+    """A dead HNSW node's label from its face id, and back (the map is its own inverse)."""
+    return -2 - labels
+
+
+def _rows(flat: faiss.Index) -> np.ndarray:
+    """A writable (ntotal, d) float32 view of a flat index's stored vectors (no copy)."""
+    flat = faiss.downcast_index(flat)
+    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+
+
 class _ExactStore:
     """`IndexIDMap2(IndexFlatIP)`: exact, ids are FAISS ids."""
 
@@ -76,6 +97,13 @@ class _ExactStore:
             self.index.remove_ids(hit)
             self.present.difference_update(hit.tolist())
         return len(hit)
+
+    def purge(self, ids: np.ndarray) -> int:
+        hit = [i for i in ids.tolist() if i in self.present]
+        if hit:
+            positions = np.flatnonzero(np.isin(faiss.vector_to_array(self.index.id_map), hit))
+            _rows(self.index.index)[positions] = 0.0
+        return self.remove(ids)
 
     def search(self, queries: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
         sims, ids = self.index.search(queries, k)
@@ -112,7 +140,7 @@ class _HnswStore:
             labels = np.empty(0, dtype=np.int64)
         assert labels is not None and len(labels) == index.ntotal
         self.index = index
-        # label (graph node) -> face id, PAD_ID once the node is dead
+        # label (graph node) -> face id; `_dead(face id)` once the node is dead
         self.labels = labels.copy()
         self.label_of = {int(face): lab for lab, face in enumerate(self.labels.tolist()) if face >= 0}
         self._selector: tuple[np.ndarray, faiss.IDSelectorBitmap] | None = None
@@ -135,9 +163,16 @@ class _HnswStore:
     def remove(self, ids: np.ndarray) -> int:
         gone = [self.label_of.pop(i) for i in ids.tolist() if i in self.label_of]
         if gone:
-            self.labels[gone] = PAD_ID
+            self.labels[gone] = _dead(self.labels[gone])
             self._selector = None
         return len(gone)
+
+    def purge(self, ids: np.ndarray) -> int:
+        # the nodes stay in the graph (HNSW cannot delete); their stored vectors do not, live or dead
+        nodes = np.flatnonzero(np.isin(self.labels, ids) | np.isin(_dead(self.labels), ids))
+        if len(nodes):
+            _rows(self.index.storage)[nodes] = 0.0
+        return self.remove(ids)
 
     def _live_selector(self) -> faiss.IDSelectorBitmap:
         # called under the read lock by several searches at once; building the
@@ -155,7 +190,8 @@ class _HnswStore:
         if self.dead:
             params.sel = self._live_selector()
         sims, labels = self.index.search(queries, k, params=params)
-        ids = np.where(labels >= 0, self.labels[np.maximum(labels, 0)], PAD_ID)
+        ids = self.labels[np.maximum(labels, 0)]
+        ids = np.where((labels >= 0) & (ids >= 0), ids, PAD_ID)
         return ids, sims
 
     def export(self) -> tuple[np.ndarray, np.ndarray]:
@@ -275,6 +311,19 @@ class FaissIndex(VectorIndex):
                 self._gpu_mirror = None
             return removed
 
+    def purge(self, ids: np.ndarray) -> int:
+        """Remove and overwrite these faces' vectors (see the module docstring)."""
+        ids = check_ids(ids)
+        if not len(ids):
+            return 0
+        with self._lock.write():
+            purged = self._store.purge(ids)
+            if self._journal is not None:
+                self._journal.append(("purge", ids, None))
+            if purged:
+                self._gpu_mirror = None
+            return purged
+
     # --- search --------------------------------------------------------------
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -331,13 +380,18 @@ class FaissIndex(VectorIndex):
             try:
                 new_store = self._new_store(target)
                 new_store.add(ids, vectors)
-                del ids, vectors
             except BaseException:
                 with self._lock.write():
                     self._journal = None
                 raise
+            finally:
+                vectors.fill(0.0)  # the export may hold faces purged meanwhile: leave no copy
+                del ids, vectors
             with self._lock.write():
                 for op, op_ids, op_vectors in self._journal:
+                    if op == "purge":
+                        new_store.purge(op_ids)
+                        continue
                     new_store.remove(op_ids)
                     if op == "add":
                         new_store.add(op_ids, op_vectors)

@@ -79,6 +79,15 @@ class TorchExactIndex(VectorIndex):
         with self._lock.write():
             return self._remove_locked(ids)
 
+    def purge(self, ids: np.ndarray) -> int:
+        """Remove, then zero the rows freed at the end (removal moves the last rows into the holes)."""
+        ids = check_ids(ids)
+        with self._lock.write():
+            before = self.count
+            removed = self._remove_locked(ids)
+            self._gallery[self.count : before] = 0.0
+            return removed
+
     def _remove_locked(self, ids: np.ndarray) -> int:
         removed = 0
         for face_id in ids.tolist():

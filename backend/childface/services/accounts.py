@@ -1,6 +1,8 @@
 """Staff accounts, their sign-in sessions, and API keys for other systems.
 
-Passwords are hashed with argon2id. API keys and session tokens are 256-bit
+Passwords are hashed with argon2id, always outside write transactions (a hash
+takes a fifth of a second; on SQLite a write transaction holds the one write
+lock of the database). API keys and session tokens are 256-bit
 random strings: only their sha256 is stored (a slow hash buys nothing for
 keys that cannot be guessed), and the plaintext is shown once at creation.
 """
@@ -8,22 +10,31 @@ keys that cannot be guessed), and the plaintext is shown once at creation.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from childface.db.models import ApiKey, Role, StaffSession, User
 from childface.db.session import Actor, Database
+from childface.services import login_throttle
+from childface.services.errors import InvalidInput
+from childface.services.login_throttle import ThrottlePolicy
+from childface.services.text_input import clean_field, normalise
 
 API_KEY_SCOPES = ("recognize", "enroll", "admin")
 API_KEY_PREFIX = "cfk_"
 MIN_PASSWORD_LENGTH = 8
 
 _hasher = PasswordHasher()
+#: argon2 runs at most this many at once: a flood of sign-ins queues here instead of taking every
+#: core (and 64 MiB per hash) from the requests of signed-in staff
+_hash_slots = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
 
 
 class AccountError(ValueError):
@@ -35,14 +46,32 @@ class AccountError(ValueError):
         self.message = message
 
 
+class TooManyAttempts(AccountError):
+    """Sign-in refused for a while, before any password check; the same for every name."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(
+            "too_many_attempts", f"too many failed sign-ins; try again in {retry_after_s} seconds"
+        )
+        self.retry_after_s = retry_after_s
+
+
 def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def _account_text(code: str, field: str, value: str) -> str:
+    """A user or key name through the shared text check (services.text_input), as an AccountError."""
+    try:
+        cleaned = clean_field(field, value, max_length=100, required=True)
+    except InvalidInput as exc:
+        raise AccountError(code, exc.message) from None
+    assert cleaned is not None
+    return cleaned
+
+
 def create_user(*, db: Database, actor: Actor, username: str, password: str, role: str) -> User:
-    username = username.strip()
-    if not username:
-        raise AccountError("invalid_username", "username must not be empty")
+    username = _account_text("invalid_username", "username", username)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError("weak_password", f"password must have at least {MIN_PASSWORD_LENGTH} characters")
     try:
@@ -51,10 +80,11 @@ def create_user(*, db: Database, actor: Actor, username: str, password: str, rol
         raise AccountError(
             "invalid_role", f"role must be one of {', '.join(r.value for r in Role)}"
         ) from None
+    password_hash = _hash(password)  # slow: before the write transaction, never inside it
     with db.unit_of_work(actor) as uow:
         if uow.session.scalar(select(User.id).where(User.username == username)) is not None:
             raise AccountError("username_taken", f"user {username!r} already exists")
-        user = User(username=username, password_hash=_hasher.hash(password), role=role_value)
+        user = User(username=username, password_hash=password_hash, role=role_value)
         uow.session.add(user)
         uow.session.flush()
         uow.audit(
@@ -77,9 +107,7 @@ class IssuedKey:
 
 
 def create_api_key(*, db: Database, actor: Actor, name: str, scopes: list[str]) -> IssuedKey:
-    name = name.strip()
-    if not name:
-        raise AccountError("invalid_name", "an API key needs a name")
+    name = _account_text("invalid_name", "API key name", name)
     unknown = sorted(set(scopes) - set(API_KEY_SCOPES))
     if unknown or not scopes:
         raise AccountError(
@@ -141,44 +169,81 @@ def login(
     username: str,
     password: str,
     ttl: timedelta,
-    max_failures: int,
-    lockout: timedelta,
+    client_address: str,
+    policy: ThrottlePolicy,
 ) -> tuple[str, User]:
     """Check a password and open a session; returns (bearer token, user).
 
-    After `max_failures` wrong passwords in a row the account is locked for
-    `lockout`; the same generic error is raised for unknown users, wrong
-    passwords and inactive accounts so sign-in does not reveal who exists.
+    Unknown names, inactive accounts and wrong passwords get the same error
+    after the same work (one argon2 verify), so sign-in does not reveal who
+    exists. Failures are counted per client address and per (address, name)
+    (`login_throttle`); over the limit, `TooManyAttempts` is raised before any
+    password is checked. The password is verified outside any write
+    transaction; the write that follows is short and re-checks that the hash
+    did not change meanwhile.
     """
     now = datetime.now(UTC)
+    keys = login_throttle.keys_for(client_address, username)
+    wait = login_throttle.retry_after(db=db, keys=keys, now=now)
+    if wait is not None:
+        raise TooManyAttempts(wait)
+    with db.session() as session:
+        # the stored form of a name (create_user keeps names NFKC-normalised and stripped)
+        user = session.scalar(select(User).where(User.username == normalise(username)))
+    known = user is not None and user.active
+    checked_hash = user.password_hash if known else _dummy_hash()
+    valid = _verify(checked_hash, password) and known
+    new_hash = _hash(password) if valid and _hasher.check_needs_rehash(checked_hash) else None
+    token = secrets.token_urlsafe(32)
+    now = datetime.now(UTC)  # the check may have waited for a hashing slot
     with db.transaction() as session:
-        user = session.scalar(select(User).where(User.username == username.strip()))
-        if user is None or not user.active:
-            _hasher.hash(password)  # spend the same time as a real check
-            raise AccountError("invalid_credentials", "wrong username or password")
-        if user.locked_until is not None and user.locked_until > now:
-            raise AccountError(
-                "account_locked",
-                "too many failed sign-ins; try again after "
-                f"{user.locked_until.strftime('%H:%M UTC')}",
-            )
-        try:
-            _hasher.verify(user.password_hash, password)
-        except (VerificationError, InvalidHashError):
-            user.failed_logins += 1
-            if user.failed_logins >= max_failures:
-                user.locked_until = now + lockout
-                user.failed_logins = 0
-            session.commit()
-            raise AccountError("invalid_credentials", "wrong username or password") from None
-        user.failed_logins = 0
-        user.locked_until = None
-        if _hasher.check_needs_rehash(user.password_hash):
-            user.password_hash = _hasher.hash(password)
-        token = secrets.token_urlsafe(32)
-        session.add(StaffSession(token_hash=_sha256(token), user_id=user.id, expires_at=now + ttl))
-        session.execute(delete(StaffSession).where(StaffSession.expires_at < now))
+        if valid:
+            current = session.execute(
+                select(User.password_hash, User.active).where(User.id == user.id)
+            ).one_or_none()
+            valid = current is not None and current.active and current.password_hash == checked_hash
+        if not valid:
+            login_throttle.record_failure(session=session, keys=keys, policy=policy, now=now)
+            if known:
+                # one atomic statement: parallel failures are never lost (no read-modify-write)
+                session.execute(
+                    update(User).where(User.id == user.id).values(failed_logins=User.failed_logins + 1)
+                )
+        else:
+            changes: dict[str, object] = {"failed_logins": 0}
+            if new_hash is not None:
+                changes["password_hash"] = new_hash
+            session.execute(update(User).where(User.id == user.id).values(**changes))
+            login_throttle.clear_account(session=session, keys=keys)
+            session.add(StaffSession(token_hash=_sha256(token), user_id=user.id, expires_at=now + ttl))
+            session.execute(delete(StaffSession).where(StaffSession.expires_at < now))
+    if not valid:
+        raise AccountError("invalid_credentials", "wrong username or password")
     return token, user
+
+
+def _hash(password: str) -> str:
+    with _hash_slots:
+        return _hasher.hash(password)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    with _hash_slots:
+        try:
+            return _hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+_dummy: tuple[PasswordHasher, str] | None = None
+
+
+def _dummy_hash() -> str:
+    """A hash of a random password, made with the current hasher: an unknown name costs one real verify."""
+    global _dummy
+    if _dummy is None or _dummy[0] is not _hasher:
+        _dummy = (_hasher, _hash(secrets.token_urlsafe(16)))
+    return _dummy[1]
 
 
 def user_for_token(*, db: Database, token: str) -> User | None:
@@ -209,18 +274,22 @@ def change_password(*, db: Database, actor: Actor, username: str, current: str, 
     """
     if len(new) < MIN_PASSWORD_LENGTH:
         raise AccountError("weak_password", f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    # both hashes are computed before the write transaction; it re-checks that nothing changed meanwhile
+    with db.session() as session:
+        user = session.scalar(select(User).where(User.username == username))
+    if user is None or not user.active:
+        raise AccountError("invalid_credentials", "wrong username or password")
+    if not _verify(user.password_hash, current):
+        raise AccountError("wrong_password", "the current password is wrong")
+    new_hash = _hash(new)
     with db.unit_of_work(actor) as uow:
-        user = uow.session.scalar(select(User).where(User.username == username).with_for_update())
-        if user is None or not user.active:
-            raise AccountError("invalid_credentials", "wrong username or password")
-        try:
-            _hasher.verify(user.password_hash, current)
-        except (VerificationError, InvalidHashError):
-            raise AccountError("wrong_password", "the current password is wrong") from None
-        user.password_hash = _hasher.hash(new)
-        uow.session.execute(delete(StaffSession).where(StaffSession.user_id == user.id))
+        row = uow.session.scalar(select(User).where(User.id == user.id).with_for_update())
+        if row is None or not row.active or row.password_hash != user.password_hash:
+            raise AccountError("conflict", "the account changed while the password was checked; try again")
+        row.password_hash = new_hash
+        uow.session.execute(delete(StaffSession).where(StaffSession.user_id == row.id))
         uow.audit(
-            "user.password_changed", target_type="user", target_id=user.id, after={"username": username}
+            "user.password_changed", target_type="user", target_id=row.id, after={"username": username}
         )
 
 

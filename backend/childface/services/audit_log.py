@@ -1,5 +1,9 @@
 """Reading the audit trail: filtered, paginated queries, per-child history and CSV export.
 
+Erasure redacts earlier events in place (`services.erasure`), so every
+listing and export shows the redacted values. A child erased because it was
+merged into the erased child finds the erasure event in its history too.
+
 The CSV is meant for spreadsheets, which execute a cell that starts with
 `=`, `+`, `-`, `@`, TAB or CR as a formula (CSV injection: a child named
 `=HYPERLINK(...)` would run when staff open the export). Such cells get a
@@ -14,11 +18,13 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import BigInteger, and_, cast, func, or_, select
+from sqlalchemy import BigInteger, Text, and_, cast, func, or_, select
+from sqlalchemy.orm import Session
 
 from childface.db.models import AuditEvent
 from childface.db.session import Database
 from childface.services.children import MAX_PAGE, Page
+from childface.services.erasure import ERASURE_ACTION
 
 CSV_COLUMNS = (
     "seq",
@@ -41,9 +47,22 @@ def neutralise_cell(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
 
 
+def _erasures_of(session: Session, child_id: int | None) -> list[int]:
+    """Seqs of the erasure events that list this child among the erased ones."""
+    if child_id is None:
+        return []
+    rows = session.execute(
+        select(AuditEvent.seq, AuditEvent.after).where(
+            AuditEvent.action == ERASURE_ACTION, cast(AuditEvent.after, Text).contains(str(child_id))
+        )
+    )
+    return [seq for seq, after in rows if child_id in (after or {}).get("child_ids", [])]
+
+
 def _conditions(
     *,
     child_id: int | None,
+    erasures: list[int],
     actor: str | None,
     action: str | None,
     target_type: str | None,
@@ -63,6 +82,7 @@ def _conditions(
                     # BIGINT, not as_integer()'s INTEGER: ids are 64-bit on PostgreSQL
                     cast(AuditEvent.before["child_id"].as_string(), BigInteger) == child_id,
                 ),
+                AuditEvent.seq.in_(erasures),
             )
         )
     if actor:
@@ -96,10 +116,16 @@ def query_events(
     """Events matching every given filter, newest first. `action` may end in `*` (prefix)."""
     limit = max(1, min(limit, MAX_PAGE))
     offset = max(0, offset)
-    conditions = _conditions(
-        child_id=child_id, actor=actor, action=action, target_type=target_type, since=since, until=until
-    )
     with db.session() as session:
+        conditions = _conditions(
+            child_id=child_id,
+            erasures=_erasures_of(session, child_id),
+            actor=actor,
+            action=action,
+            target_type=target_type,
+            since=since,
+            until=until,
+        )
         total = session.scalar(select(func.count(AuditEvent.seq)).where(*conditions)) or 0
         events = list(
             session.scalars(
@@ -134,8 +160,16 @@ def export_csv(
     until: datetime | None = None,
 ) -> Iterator[str]:
     """CSV text of every matching event, oldest first, in chunks (for a streaming response)."""
+    with db.session() as session:
+        erasures = _erasures_of(session, child_id)
     conditions = _conditions(
-        child_id=child_id, actor=actor, action=action, target_type=target_type, since=since, until=until
+        child_id=child_id,
+        erasures=erasures,
+        actor=actor,
+        action=action,
+        target_type=target_type,
+        since=since,
+        until=until,
     )
     buffer = io.StringIO()
     writer = csv.writer(buffer)

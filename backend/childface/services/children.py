@@ -1,18 +1,8 @@
-"""Children: create, read, list, update, archive/unarchive and erase.
+"""Children: create, read, list, update and archive/unarchive (erasure: `services.erasure`).
 
 Each change is one unit of work with one audit event (DESIGN.md invariant 2).
-Events that change whether faces are searchable (archive, unarchive, erase)
+Events that change whether faces are searchable (archive, unarchive)
 list those faces in `face_ids`, so the gallery's `catch_up` re-reads them.
-
-Erasure (DESIGN.md invariant 6) deletes the child row, its faces, their
-embeddings and review items, and every photo on which no other face remains;
-the photo files go after the commit (a failed erasure keeps them). What stays
-is the audit trail, and the erasure event itself is a tombstone: the child's
-id, its `external_id` and counts of what was removed — no name, no photo hash,
-no box, landmark or vector. External ids are the other systems' own keys, so
-they can still answer "was child X erased, and when"; names are dropped from
-the tombstone because they identify a person to anyone reading the log.
-Earlier audit events are never rewritten (they are append-only by design).
 """
 
 from __future__ import annotations
@@ -21,21 +11,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from childface.db.models import Child, ChildStatus, Embedding, Face, Image, ReviewItem, ReviewState
+from childface.db.models import Child, ChildStatus, Face, ReviewState
 from childface.db.session import Actor, Database
 from childface.services.errors import Conflict, InvalidInput, NotFound
-from childface.services.file_journal import journal_deletions, sweep
-from childface.services.media import MediaStore
+from childface.services.text_input import clean_field
 
 MAX_PAGE = 500
-#: the value the erase request must carry in `confirm`, so no client erases by accident
-ERASE_CONFIRMATION = "ERASE"
 
-_LIMITS = {"external_id": 128, "display_name": 200, "group_name": 100, "consent_recorded_by": 200}
+_LIMITS = {"external_id": 128, "display_name": 200, "group_name": 100, "consent_recorded_by": 200,
+           "notes": 5000}
+#: fields that may hold line feeds and tabs
+_MULTILINE = {"notes"}
 
 
 @dataclass(frozen=True)
@@ -65,19 +55,10 @@ def snapshot(child: Child) -> dict[str, Any]:
 
 
 def clean_text(field: str, value: str | None, *, required: bool) -> str | None:
-    """Stripped text within the column's length, None for blank optional values; InvalidInput otherwise."""
-    if value is None:
-        if required:
-            raise InvalidInput(f"{field} is required")
-        return None
-    value = value.strip()
-    if not value:
-        if required:
-            raise InvalidInput(f"{field} must not be empty")
-        return None
-    if len(value) > _LIMITS.get(field, 10_000):
-        raise InvalidInput(f"{field} is longer than {_LIMITS[field]} characters")
-    return value
+    """A child's text field as stored (`services.text_input.clean_field`: NFKC, stripped, no control or
+    bidi characters, within the column's length); None for blank optional values; InvalidInput otherwise."""
+    return clean_field(field, value, max_length=_LIMITS.get(field, 10_000), required=required,
+                       multiline=field in _MULTILINE)
 
 
 def get_child_row(session: Session, child_id: int, *, lock: bool = False) -> Child:
@@ -113,7 +94,7 @@ def create_child(
         external_id=clean_text("external_id", external_id, required=True),
         display_name=clean_text("display_name", name, required=True),
         group_name=clean_text("group_name", group, required=False),
-        notes=notes.strip() or None if notes else None,
+        notes=clean_text("notes", notes, required=False),
         consent_recorded_by=clean_text("consent_recorded_by", consent_recorded_by, required=False),
         consent_recorded_at=consent_recorded_at,
         status=ChildStatus.active,
@@ -214,8 +195,6 @@ def update_child(*, db: Database, actor: Actor, child_id: int, changes: dict[str
                 column = mapping[key]
                 if column in _LIMITS:
                     value = clean_text(column, value, required=column in {"external_id", "display_name"})
-                elif column == "notes":
-                    value = value.strip() or None if value else None
                 setattr(child, column, value)
             if "external_id" in changes and uow.session.scalar(
                 select(Child.id).where(Child.external_id == child.external_id, Child.id != child.id)
@@ -258,70 +237,3 @@ def set_child_status(*, db: Database, actor: Actor, child_id: int, status: Child
             face_ids=enrolled_face_ids(uow.session, child.id),
         )
     return child
-
-
-@dataclass(frozen=True)
-class ErasureReport:
-    child_id: int
-    external_id: str
-    faces_deleted: int
-    images_deleted: int
-    files_deleted: int
-
-
-def erase_child(
-    *, db: Database, media: MediaStore, actor: Actor, child_id: int, confirm: str
-) -> ErasureReport:
-    """Irreversibly delete a child and its biometric data; see the module docstring."""
-    if confirm != ERASE_CONFIRMATION:
-        raise InvalidInput(
-            f"erasure is irreversible: send confirm={ERASE_CONFIRMATION!r} to proceed",
-            code="confirmation_required",
-        )
-    with db.unit_of_work(actor) as uow:
-        session = uow.session
-        child = get_child_row(session, child_id, lock=True)
-        external_id = child.external_id
-        face_ids = list(session.scalars(select(Face.id).where(Face.child_id == child_id)))
-        image_ids = set(session.scalars(select(Face.image_id).where(Face.child_id == child_id)))
-        if face_ids:
-            session.execute(delete(ReviewItem).where(ReviewItem.face_id.in_(face_ids)))
-            session.execute(delete(Embedding).where(Embedding.face_id.in_(face_ids)))
-            session.execute(delete(Face).where(Face.id.in_(face_ids)))
-        # a photo goes when no other face (another child's, or a pending review) remains on it
-        orphaned = (
-            list(
-                session.execute(
-                    select(Image.id, Image.path, Image.sha256).where(
-                        Image.id.in_(image_ids), ~exists().where(Face.image_id == Image.id)
-                    )
-                )
-            )
-            if image_ids
-            else []
-        )
-        if orphaned:
-            session.execute(delete(Image).where(Image.id.in_([row.id for row in orphaned])))
-            journal_deletions(session, [(row.sha256, row.path) for row in orphaned])
-        # children merged into this one keep their own rows; only the pointer goes
-        for merged in session.scalars(select(Child).where(Child.merged_into_id == child_id)):
-            merged.merged_into_id = None
-        session.delete(child)
-        session.flush()
-        uow.audit(
-            "child.erased",
-            target_type="child",
-            target_id=child_id,
-            child_id=child_id,
-            before={"external_id": external_id},
-            after={"erased": True, "faces_deleted": len(face_ids), "images_deleted": len(orphaned)},
-            face_ids=face_ids,
-        )
-    files_deleted = sweep(db=db, media=media, shas=[r.sha256 for r in orphaned])
-    return ErasureReport(
-        child_id=child_id,
-        external_id=external_id,
-        faces_deleted=len(face_ids),
-        images_deleted=len(orphaned),
-        files_deleted=files_deleted,
-    )

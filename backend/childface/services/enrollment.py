@@ -1,10 +1,14 @@
 """Enrollment: photos of a known child -> detected, quality-gated, embedded, stored faces.
 
-Per photo: decode (type and pixel-count checks), detect + align + assess +
-embed (the pipeline, in one batch for all photos of a request), choose the
-face (the only one, or the one a hint box points at), apply the quality gate,
-then store photo, face and embedding in one unit of work with one
-`face.enrolled` audit event. The caller then runs the gallery's `catch_up`
+First the headers of all photos of the request are checked (type, pixels
+per photo, and `max_request_pixels` for the request: 413 `too_many_pixels`)
+before anything is decoded. Then, one group of photos at a time
+(`pixel_groups`: at most GROUP_PIXELS decoded pixels, or one larger photo),
+per photo: decode, detect + align + assess + embed (the pipeline, one batch per
+group), choose the face (the only one, or the one a hint box points at), apply
+the quality gate, then store photo, face and embedding in one unit of work with
+one `face.enrolled` audit event; the group's pixels are freed before the next
+group is decoded. The caller then runs the gallery's `catch_up`
 (`Runtime.catch_up`), which indexes the new face.
 
 Outcome per photo (`PhotoOutcome.status`):
@@ -38,10 +42,12 @@ from sqlalchemy.orm import Session
 from childface.db.models import ChildStatus, Embedding, Face, Image, ImageSource, ReviewState
 from childface.db.session import Actor, UnitOfWork
 from childface.services.children import get_child_row
-from childface.services.errors import Conflict, InvalidInput
+from childface.services.errors import Conflict, InvalidInput, PayloadTooLarge
+from childface.services.file_journal import pending_writes
 from childface.services.media import MediaStore
 
 if TYPE_CHECKING:
+    from childface.config import Settings
     from childface.services.runtime import Runtime
     from childface.vision.pipeline import DetectedFace
 
@@ -49,19 +55,22 @@ if TYPE_CHECKING:
 MIN_HINT_IOU = 0.3
 #: a new face overlapping a stored face of the same photo this much is the same face
 SAME_FACE_IOU = 0.5
+#: decoded pixels a request holds at once (one group of photos; a larger photo alone): 48 MB as RGB
+GROUP_PIXELS = 16_000_000
 
 Box = tuple[float, float, float, float]
 
 
 @dataclass
 class Photo:
-    """One uploaded photo: its bytes and, after decoding, the RGB pixels."""
+    """One uploaded photo: its bytes, its header's pixel count and, while it is processed, the RGB pixels."""
 
     data: bytes
     filename: str | None = None
     hint_box: Box | None = None
     rgb: np.ndarray | None = None
     sha256: str | None = None
+    pixels: int | None = None  # width * height from the header (`read_headers`)
     error: tuple[str, str] | None = None  # (code, message) when it cannot be decoded
 
 
@@ -126,17 +135,74 @@ def select_face(faces: list[DetectedFace], hint_box: Box | None) -> tuple[int | 
     return best, []
 
 
-def decode_photos(photos: list[Photo], *, max_pixels: int) -> None:
-    """Fill each photo's `rgb` and `sha256`, or its `error` (type, decoding, pixel-count checks)."""
+def read_headers(photos: list[Photo], settings: Settings) -> None:
+    """Check one request's photos from their headers alone, before anything is decoded.
+
+    Fills each photo's `sha256` and `pixels`, or its `error` (type and
+    per-photo pixel checks). Raises PayloadTooLarge (`too_many_pixels`) when
+    the readable photos together exceed `settings.max_request_pixels`; each
+    photo counts at least the detector's working size (detector_input_size
+    squared: a tiny photo is scaled up to it), so the budget bounds a
+    request's detection work as well as its memory.
+    """
     from childface.services.media import sha256_hex
+    from childface.vision.decode import ImageDecodeError, image_header
+
+    floor = settings.detector_input_size**2
+    total = 0
+    for photo in photos:
+        photo.sha256 = sha256_hex(photo.data)
+        try:
+            photo.pixels = image_header(photo.data, settings.max_image_pixels).pixels
+        except ImageDecodeError as exc:
+            photo.error = (decode_error_code(exc.code), exc.message)
+            continue
+        total += max(photo.pixels, floor)
+    if total > settings.max_request_pixels:
+        raise PayloadTooLarge(
+            f"the {len(photos)} photo(s) of this request have {total:,} pixels in all (width x height, "
+            f"each counted as at least {floor:,}); the limit per request is {settings.max_request_pixels:,} "
+            "(setting max_request_pixels): send fewer or smaller photos per request",
+            code="too_many_pixels",
+        )
+
+
+def decode_photos(photos: list[Photo], *, max_pixels: int) -> None:
+    """Fill the `rgb` of each photo that has no `error` yet, or set its `error` (corrupt pixel data).
+
+    Call `read_headers` first; decode only as many photos as the caller means
+    to hold at once (`pixel_groups`).
+    """
     from childface.vision.decode import ImageDecodeError, decode_image
 
     for photo in photos:
-        photo.sha256 = sha256_hex(photo.data)
+        if photo.error is not None:
+            continue
         try:
             photo.rgb = decode_image(photo.data, max_pixels=max_pixels)
         except ImageDecodeError as exc:
             photo.error = (decode_error_code(exc.code), exc.message)
+
+
+def pixel_groups(photos: list[Photo], budget: int = GROUP_PIXELS) -> list[list[Photo]]:
+    """Consecutive photos in groups of at most `budget` header pixels and DETECT_BATCH photos.
+
+    A photo larger than the budget is a group of its own: one group's decoded
+    pixels are all a request holds at a time, while small photos still share
+    the detector's batches.
+    """
+    from childface.vision.pipeline import DETECT_BATCH
+
+    groups: list[list[Photo]] = []
+    size = 0
+    for photo in photos:
+        pixels = photo.pixels or 0
+        if not groups or len(groups[-1]) >= DETECT_BATCH or size + pixels > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(photo)
+        size += pixels
+    return groups
 
 
 def decode_error_code(decoder_code: str) -> str:
@@ -147,8 +213,8 @@ def decode_error_code(decoder_code: str) -> str:
 def store_photo(media: MediaStore, data: bytes) -> tuple[str, str]:
     """Write the photo's bytes to the media store: (sha256, path relative to the media folder).
 
-    Idempotent. Call it inside `media.hold(sha)` together with the unit of work
-    that references it, and `media.discard_if_unreferenced` when that fails.
+    Idempotent. Call it inside `media.hold(sha)` and `file_journal.pending_writes`,
+    which also hold the unit of work that references it.
     """
     return media.put(data)
 
@@ -172,17 +238,30 @@ def persist_face(
 ) -> Face:
     """Add one face (and its embedding) of a photo inside the caller's transaction.
 
-    Reuses the photo's row when the same bytes are already stored (a group
-    photo can enroll several children). Returns the flushed Face (it has an id).
+    One face per (photo, box), across processes: the photo's row is locked for
+    the rest of the caller's transaction (`SELECT ... FOR UPDATE` on PostgreSQL;
+    SQLite writers hold the database's write lock from BEGIN IMMEDIATE), then a
+    stored face overlapping this one (IoU >= SAME_FACE_IOU) raises
+    `FaceAlreadyStored` before anything of this face is written. The photo's row
+    is reused when the same bytes are already stored (a group photo can enroll
+    several children); a concurrent first insert of the same photo loses on the
+    unique sha256 inside a savepoint and then sees the winner's row.
+    Returns the flushed Face (it has an id).
     """
-    image = session.scalar(select(Image).where(Image.sha256 == sha256))
+    image = _locked_image(session, sha256)
     if image is None:
-        image = Image(
-            sha256=sha256, path=path, width=width, height=height, source=source, uploaded_by=uploaded_by
-        )
-        session.add(image)
-        session.flush()
+        try:
+            with session.begin_nested():
+                session.add(Image(sha256=sha256, path=path, width=width, height=height, source=source,
+                                  uploaded_by=uploaded_by))
+        except IntegrityError:
+            pass  # another writer committed this photo first: use its row
+        image = _locked_image(session, sha256)
+        assert image is not None
     x1, y1, x2, y2 = (float(v) for v in face.box)
+    existing = _overlapping_face(session, image.id, [x1, y1, x2, y2])
+    if existing is not None:
+        raise FaceAlreadyStored(existing.id, existing.child_id, existing.image_id)
     row = Face(
         image_id=image.id,
         child_id=child_id,
@@ -207,13 +286,25 @@ def persist_face(
     return row
 
 
-def stored_face_on(session: Session, sha256: str, box: list[float]) -> Face | None:
-    """A face already stored on this photo that overlaps `box` (the same face), if any."""
-    faces = session.scalars(select(Face).join(Image, Face.image_id == Image.id).where(Image.sha256 == sha256))
-    for stored in faces:
+def _locked_image(session: Session, sha256: str) -> Image | None:
+    # FOR UPDATE: writers of faces on one photo queue here (SQLite ignores it: one writer at a time)
+    query = select(Image).where(Image.sha256 == sha256).with_for_update()
+    return session.scalar(query.execution_options(populate_existing=True))
+
+
+def _overlapping_face(session: Session, image_id: int, box: list[float]) -> Face | None:
+    for stored in session.scalars(select(Face).where(Face.image_id == image_id).order_by(Face.id)):
         if iou(stored.box, box) >= SAME_FACE_IOU:
             return stored
     return None
+
+
+class FaceAlreadyStored(Exception):
+    """`persist_face` found this face on the photo already; nothing of it was written."""
+
+    def __init__(self, face_id: int, child_id: int | None, image_id: int) -> None:
+        super().__init__(f"face {face_id} of image {image_id} is already stored")
+        self.face_id, self.child_id, self.image_id = face_id, child_id, image_id
 
 
 def _refused(photo: Photo, reasons: list[str], message: str, **extra: Any) -> PhotoOutcome:
@@ -244,32 +335,39 @@ def enroll_photos(
     for name, value in (("arousal", arousal), ("valence", valence)):
         if value is not None and not (np.isfinite(value) and 0.0 <= value <= 1.0):
             raise InvalidInput(f"{name} must be between 0 and 1")
+    read_headers(photos, runtime.settings)  # may refuse the whole request before any decoding
     with runtime.db.session() as session:
         child = get_child_row(session, child_id)
         if child.status != ChildStatus.active:
             raise Conflict(
                 f"child {child_id} is archived; unarchive it before enrolling photos", code="child_not_active"
             )
-    decode_photos(photos, max_pixels=runtime.settings.max_image_pixels)
-    readable = [p for p in photos if p.rgb is not None]
-    detected = run_pipeline(runtime, [p.rgb for p in readable])
-    faces_of = {id(p): faces for p, faces in zip(readable, detected, strict=True)}
-
+    done: dict[int, PhotoOutcome] = {}
+    try:
+        for group in pixel_groups([p for p in photos if p.error is None]):
+            decode_photos(group, max_pixels=runtime.settings.max_image_pixels)
+            readable = [p for p in group if p.rgb is not None]
+            detected = run_pipeline(runtime, [p.rgb for p in readable])
+            for photo, faces in zip(readable, detected, strict=True):
+                done[id(photo)] = _enroll_one(
+                    runtime, actor, child_id, photo, faces, source, mask, arousal, valence
+                )
+                photo.rgb = None  # stored or refused: free its pixels before the next group is decoded
+    finally:
+        if any(o.status == "enrolled" for o in done.values()):
+            runtime.catch_up()
     outcomes: list[PhotoOutcome] = []
     for photo in photos:
-        if photo.error is not None:
-            outcomes.append(_refused(photo, [photo.error[0]], photo.error[1]))
-            continue
-        outcomes.append(
-            _enroll_one(runtime, actor, child_id, photo, faces_of[id(photo)], source, mask, arousal, valence)
-        )
-    if any(o.status == "enrolled" for o in outcomes):
-        runtime.catch_up()
+        if id(photo) not in done:
+            assert photo.error is not None
+            done[id(photo)] = _refused(photo, [photo.error[0]], photo.error[1])
+        outcomes.append(done[id(photo)])
     return outcomes
 
 
 def run_pipeline(runtime: Runtime, images: list[np.ndarray]) -> list[list[DetectedFace]]:
-    """The pipeline on decoded images (it serialises its own model calls)."""
+    """The pipeline on decoded images (it serialises its own model calls); pass one `pixel_groups`
+    group at a time so a request never holds more decoded pixels than that."""
     return runtime.pipeline.process(images) if images else []
 
 
@@ -306,15 +404,16 @@ def _enroll_one(
             "the face did not pass the quality gate: " + ", ".join(chosen.refused_reasons),
             **extra,
         )
-    box = [float(v) for v in chosen.face.box]
     media = runtime.media
-    with media.hold(photo.sha256):
-        _, relative = store_photo(media, photo.data)
+    _, relative = media.locate(photo.data)
+    # the file is announced before it is written and settled after the commit: a crash strands nothing
+    with media.hold(photo.sha256), pending_writes(runtime.db, media, [(photo.sha256, relative)]):
+        store_photo(media, photo.data)
         try:
             face = _store_face(
-                runtime, actor, child_id, photo, relative, chosen.face, box, source, mask, arousal, valence
+                runtime, actor, child_id, photo, relative, chosen.face, source, mask, arousal, valence
             )
-        except _AlreadyStored as dup:
+        except FaceAlreadyStored as dup:
             owner = (
                 "this child"
                 if dup.child_id == child_id
@@ -332,9 +431,6 @@ def _enroll_one(
                 height=height,
                 faces=verdicts,
             )
-        except BaseException:
-            media.discard_if_unreferenced(relative, lambda: _image_exists(runtime, photo.sha256))
-            raise
     chosen.enrolled, chosen.face_id = True, face.id
     return PhotoOutcome(
         filename=photo.filename,
@@ -357,51 +453,35 @@ def _store_face(
     photo: Photo,
     relative: str,
     detected: DetectedFace,
-    box: list[float],
     source: ImageSource,
     mask: bool | None,
     arousal: float | None,
     valence: float | None,
 ) -> Face:
+    """One unit of work: the face, its embedding and `face.enrolled`; FaceAlreadyStored (nothing written,
+    no audit event: leaving by the exception rolls back) when the photo has this face already."""
     assert photo.rgb is not None and photo.sha256 is not None
     height, width = photo.rgb.shape[:2]
-    for attempt in range(2):
-        try:
-            with runtime.db.unit_of_work(actor) as uow:
-                existing = stored_face_on(uow.session, photo.sha256, box)
-                if existing is not None:
-                    # nothing to write: leaving by an exception rolls back without an audit event
-                    raise _AlreadyStored(existing.id, existing.child_id, existing.image_id)
-                if get_child_row(uow.session, child_id).status != ChildStatus.active:
-                    raise Conflict(f"child {child_id} was archived meanwhile", code="child_not_active")
-                face = persist_face(
-                    uow.session,
-                    sha256=photo.sha256,
-                    path=relative,
-                    width=width,
-                    height=height,
-                    source=source,
-                    uploaded_by=str(actor),
-                    face=detected,
-                    child_id=child_id,
-                    model_db_id=runtime.model_db_id,
-                    mask=mask,
-                    arousal=arousal,
-                    valence=valence,
-                )
-                _audit_enrolled(uow, face, source)
-            return face
-        except IntegrityError:
-            # the same photo was committed concurrently by another writer: look again once
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
-
-
-class _AlreadyStored(Exception):
-    def __init__(self, face_id: int, child_id: int | None, image_id: int) -> None:
-        super().__init__(face_id)
-        self.face_id, self.child_id, self.image_id = face_id, child_id, image_id
+    with runtime.db.unit_of_work(actor) as uow:
+        if get_child_row(uow.session, child_id).status != ChildStatus.active:
+            raise Conflict(f"child {child_id} was archived meanwhile", code="child_not_active")
+        face = persist_face(
+            uow.session,
+            sha256=photo.sha256,
+            path=relative,
+            width=width,
+            height=height,
+            source=source,
+            uploaded_by=str(actor),
+            face=detected,
+            child_id=child_id,
+            model_db_id=runtime.model_db_id,
+            mask=mask,
+            arousal=arousal,
+            valence=valence,
+        )
+        _audit_enrolled(uow, face, source)
+    return face
 
 
 def _audit_enrolled(uow: UnitOfWork, face: Face, source: ImageSource) -> None:
@@ -418,8 +498,3 @@ def _audit_enrolled(uow: UnitOfWork, face: Face, source: ImageSource) -> None:
         },
         face_ids=[face.id],
     )
-
-
-def _image_exists(runtime: Runtime, sha256: str) -> bool:
-    with runtime.db.session() as session:
-        return session.scalar(select(Image.id).where(Image.sha256 == sha256)) is not None

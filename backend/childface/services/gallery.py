@@ -30,6 +30,18 @@ writers are serialised, so seq order is commit order and gaps cannot arise.
 The watermark saved with a snapshot is the *safe* one: just below the oldest
 open gap, so a restart replays every event that may not have been applied.
 
+Erasure
+-------
+An erasure event (`ERASURE_ACTION`) takes effect in a process the moment that
+process applies it: its faces are *purged* (vectors overwritten in memory, not
+just hidden) and, when this gallery has a snapshot on disk, the snapshot is
+rewritten at once instead of at the next autosave. Every process applies the
+event before its next read (`Runtime.current_gallery`), so each one scrubs its
+own memory and snapshot; one that was down replays the event at start-up.
+Snapshots of other embedding models in the same folder (a model served by
+another process, or by none since a model change) are rewritten without the
+faces too, as the DB no longer has any embedding of them.
+
 Reads happen in one consistent snapshot (REPEATABLE READ on PostgreSQL; one
 read transaction on SQLite WAL), so events and faces are seen as of one moment.
 
@@ -53,7 +65,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -80,9 +92,11 @@ from childface.index import (
     VectorIndex,
     create_index,
     load_index,
+    purge_snapshot,
     snapshot_path,
 )
 from childface.index.base import RWLock
+from childface.services.erasure import ERASURE_ACTION
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +211,18 @@ class ChildIndex:
             self.child_of[face_id] = child_id
             self.faces_of.setdefault(child_id, set()).add(face_id)
 
-    def remove(self, face_ids: Iterable[int]) -> int:
+    def remove(self, face_ids: Iterable[int], *, purge: bool = False) -> int:
+        """Take faces out; `purge` also overwrites their vectors (erasure: see `VectorIndex.purge`).
+
+        A purge reaches faces that are no longer present too: an index may still hold the
+        vector of a face it removed earlier (an archived child's, in an HNSW graph).
+        """
+        face_ids = list(face_ids)
         present = [f for f in face_ids if self.index.contains(f)]
-        if not present:
-            return 0
-        self.index.remove(np.asarray(present, dtype=np.int64))
+        if purge and face_ids:
+            self.index.purge(np.asarray(face_ids, dtype=np.int64))
+        elif present:
+            self.index.remove(np.asarray(present, dtype=np.int64))
         for face_id in present:
             self._unmap(face_id)
         return len(present)
@@ -373,6 +394,8 @@ class Gallery:
         # bumped by every change to the index; the snapshot is due when it differs from the saved one
         self._version = 0
         self._saved_version = 0
+        # one snapshot write at a time: an older write finishing last must not bring erased vectors back
+        self._save_lock = threading.Lock()
         self._autosave: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -410,6 +433,8 @@ class Gallery:
             return f"loaded snapshot at seq {saved_at}, replayed {replayed} events"
         log.warning("index %s: %s, rebuilding from the DB", self.model_key, reason)
         self.rebuild()
+        if self.path.exists():
+            self.save()  # the unusable file may hold faces erased since: replace it now
         return f"{reason}: rebuilt {self.count} faces from the DB"
 
     def _adopt(self, index: VectorIndex) -> None:
@@ -442,28 +467,58 @@ class Gallery:
     def _catch_up_in(self, session: Session) -> int:
         xmin, xmax = self._horizon(session)
         position = self._position
+        columns = (AuditEvent.seq, AuditEvent.action, AuditEvent.face_ids)
         new = session.execute(
-            select(AuditEvent.seq, AuditEvent.face_ids)
-            .where(AuditEvent.seq > position.high)
-            .order_by(AuditEvent.seq)
+            select(*columns).where(AuditEvent.seq > position.high).order_by(AuditEvent.seq)
         ).all()
-        late: list[tuple[int, list[int] | None]] = []
+        late: list[tuple[int, str, list[int] | None]] = []
         for i in range(0, len(position.gaps), _GAP_CHUNK):
             ranges = [AuditEvent.seq.between(g.lo, g.hi) for g in position.gaps[i : i + _GAP_CHUNK]]
-            late.extend(
-                session.execute(select(AuditEvent.seq, AuditEvent.face_ids).where(or_(*ranges))).all()
-            )
-        face_ids = sorted({f for _, faces in (*new, *late) for f in faces or ()})
-        self._apply(session, face_ids)
-        position.fill(seq for seq, _ in late)
-        position.advance([seq for seq, _ in new], xmax)
+            late.extend(session.execute(select(*columns).where(or_(*ranges))).all())
+        face_ids = sorted({f for _, _, faces in (*new, *late) for f in faces or ()})
+        erased = {f for _, action, faces in (*new, *late) if action == ERASURE_ACTION for f in faces or ()}
+        self._apply(session, face_ids, erased)
+        position.fill(seq for seq, _, _ in late)
+        position.advance([seq for seq, _, _ in new], xmax)
         position.expire(xmin)
         self._children.index.watermark = position.safe_watermark  # after the changes: see save()
         if new or late:
             self._version += 1
+        if erased:
+            self._scrub_snapshots(erased)
         return len(new) + len(late)
 
-    def _apply(self, session: Session, face_ids: Sequence[int]) -> None:
+    def _scrub_snapshots(self, erased: Collection[int]) -> None:
+        """Erasure: rewrite the snapshots now, not at the next autosave (see the module docstring).
+
+        A write that fails (disk full) is logged and does not fail the read that
+        applied the erasure; this gallery's own snapshot is then retried by the autosave.
+        """
+        rewritten = 0
+        try:
+            if self.path.exists():
+                self.save()
+            ids = np.asarray(sorted(erased), dtype=np.int64)
+            for path in self.path.parent.glob("*.cfidx"):
+                if path != self.path:
+                    rewritten += purge_snapshot(path, ids)
+        except OSError as exc:
+            log.warning(
+                "index %s: could not rewrite a snapshot after an erasure (%s); erased vectors may stay"
+                " on disk until the next successful save",
+                self.model_key,
+                exc.strerror or type(exc).__name__,
+            )
+            return
+        log.info(
+            "index %s: erasure of %d faces applied; snapshot and %d other model snapshot(s) rewritten",
+            self.model_key,
+            len(erased),
+            rewritten,
+        )
+
+    def _apply(self, session: Session, face_ids: Sequence[int], erased: Collection[int] = ()) -> None:
+        """Re-read these faces and upsert or remove them; faces in `erased` are purged."""
         if not face_ids:
             return
         model_row = self._model_id(session)
@@ -472,7 +527,9 @@ class Gallery:
             rows = self._face_rows(session, model_row, chunk)
             keep = {r.face_id for r in rows}
             with self._rw.write():
-                self._children.remove([f for f in chunk if f not in keep])
+                gone = [f for f in chunk if f not in keep]
+                self._children.remove([f for f in gone if f not in erased])
+                self._children.remove([f for f in gone if f in erased], purge=True)
                 if rows:
                     self._children.upsert(
                         [r.face_id for r in rows],
@@ -578,10 +635,11 @@ class Gallery:
         changes it covers are applied, so a snapshot may hold changes newer than
         its watermark (replayed again, idempotently) but never miss older ones.
         """
-        with self._rw.read():
-            index, version = self._children.index, self._version
-        index.save(self.path)
-        self._saved_version = version
+        with self._save_lock:
+            with self._rw.read():
+                index, version = self._children.index, self._version
+            index.save(self.path)
+            self._saved_version = version
 
     def start_autosave(self, interval_s: float | None = None) -> None:
         """Save every `interval_s` (default: Settings.index_snapshot_interval_s) when changed.

@@ -24,34 +24,46 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import lzma
 import math
+import os
 import re
+import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from childface.db.models import Child, ChildStatus, Face, Image, ImportRun, ImportStatus
-from childface.db.session import Actor, Database
+from childface.db.session import SYSTEM, Actor, Database
 from childface.services.audit_log import neutralise_cell
 from childface.services.enrollment import (
     MIN_HINT_IOU,
     SAME_FACE_IOU,
+    FaceAlreadyStored,
     iou,
     persist_face,
     select_face,
     store_photo,
 )
-from childface.services.errors import InvalidInput
+from childface.services.errors import Conflict, InvalidInput
+from childface.services.file_journal import pending_writes
 from childface.services.media import sha256_hex
+from childface.services.owners import current_owner, owner_alive
+from childface.services.text_input import clean_field, text_problem
+
+log = logging.getLogger(__name__)
 
 #: a CSV box selects a detected face like the API's hint box: highest IoU, at least this much
 MIN_BOX_IOU = MIN_HINT_IOU
@@ -299,17 +311,40 @@ def read_table(data: bytes | str) -> ImportTable:
     return ImportTable(columns=columns, rows=rows)
 
 
+#: the CSV's text fields: (attribute, label in messages, longest value, required); the API's limits
+_TEXT_FIELDS = (("external_id", "child id", 128, True), ("name", "name", 200, False),
+                ("group", "group", 100, False))
+
+
+def printable(text: str) -> str:
+    """`text` with every character the text check refuses written as an escape (for reports)."""
+    return "".join(ch if text_problem(ch) is None else _escape(ch) for ch in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _parse_row(line: int, values: dict[str, str], columns: Columns) -> CsvRow:
-    row = CsvRow(line=line, external_id=values[columns.child_id], image=values[columns.image])
+    raw = {"external_id": values[columns.child_id], "image": values[columns.image],
+           "name": values[columns.name] if columns.name else "",
+           "group": values[columns.group] if columns.group else ""}
+    row = CsvRow(line=line, external_id=printable(raw["external_id"]), image=printable(raw["image"]))
     problems: list[str] = []
-    if not row.external_id:
-        problems.append("child id is empty")
-    elif len(row.external_id) > 128:
-        problems.append("child id is longer than 128 characters")
-    if not row.image:
-        problems.append("image is empty")
-    row.name = (values[columns.name] if columns.name else "") or None
-    row.group = (values[columns.group] if columns.group else "") or None
+    # the same check as the API's (NFKC, no control or bidi characters, length); bad text is
+    # refused with its reason and only ever echoed escaped
+    for attr, label, longest, required in _TEXT_FIELDS:
+        try:
+            setattr(row, attr, clean_field(label, raw[attr], max_length=longest, required=required))
+        except InvalidInput as exc:
+            problems.append(exc.message)
+    # a file name is looked up as written (NFKC would change names a file system keeps apart)
+    image_problem = text_problem(raw["image"]) if raw["image"] else "image is empty"
+    if image_problem is not None:
+        problems.append(image_problem if not raw["image"] else f"image {image_problem}")
+    elif len(raw["image"]) > 1000:
+        problems.append("image is longer than 1000 characters")
     for attr, column, parse in (
         ("mask", columns.mask, _flag),
         ("arousal", columns.arousal, lambda t: _unit(t, "arousal")),
@@ -349,24 +384,39 @@ def _safe_parts(name: str) -> tuple[str, ...]:
 
 
 class FolderSource:
-    """Photos under a folder; CSV paths are relative to it."""
+    """Photos under a folder; CSV paths are relative to it.
+
+    Links inside the folder are followed while they stay inside it; a link
+    that leads out of it is refused (a CSV must not reach other files).
+    """
 
     def __init__(self, root: Path, *, max_bytes: int) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise ImportFormatError(f"images folder {self.root} does not exist")
+        if not Path(root).is_dir():
+            raise ImportFormatError(f"images folder {root} does not exist")
+        self.root = Path(root).resolve()
         self.max_bytes = max_bytes
 
     def read(self, name: str) -> bytes:
         path = self.root.joinpath(*_safe_parts(name))
-        if not path.is_file():
+        real = path.resolve()
+        if not real.is_relative_to(self.root):
+            raise ValueError(f"{name} is a link that leaves the images folder")
+        if not real.is_file():
             raise FileNotFoundError(f"{name} is not in the images folder")
-        if path.stat().st_size > self.max_bytes:
+        # O_NOFOLLOW: the checked path is the one read, even if a link is put in its place meanwhile
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:
             raise ValueError(f"{name} is larger than {self.max_bytes // (1024 * 1024)} MB")
-        return path.read_bytes()
+        return data
 
     def close(self) -> None:
         return None
+
+
+#: compression methods Python's zipfile reads (stored, deflate, bzip2, lzma); Deflate64 and others are not
+_ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 
 
 class ZipSource:
@@ -375,7 +425,7 @@ class ZipSource:
     def __init__(self, path_or_file: Path | io.BufferedIOBase | io.BytesIO, *, max_bytes: int) -> None:
         try:
             self.zip = zipfile.ZipFile(path_or_file)
-        except (zipfile.BadZipFile, OSError) as exc:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             raise ImportFormatError(f"the photos archive is not a readable zip: {exc}") from None
         self.max_bytes = max_bytes
         self.infos = {info.filename: info for info in self.zip.infolist() if not info.is_dir()}
@@ -390,7 +440,28 @@ class ZipSource:
             raise FileNotFoundError(f"{name} is not in the zip")
         if info.file_size > self.max_bytes:
             raise ValueError(f"{name} is larger than {self.max_bytes // (1024 * 1024)} MB")
-        return self.zip.read(info)
+        if info.flag_bits & 0x1:
+            raise ValueError(f"{name} is encrypted in the zip (password-protected zips are not supported)")
+        if info.compress_type not in _ZIP_METHODS:
+            raise ValueError(f"{name} is compressed with a method this server cannot read "
+                             f"(zip method {info.compress_type}); use Deflate or no compression")
+        try:
+            # the header's size is not trusted: read at most the limit, and the member's checksum
+            # is verified at its end (zipfile raises on a mismatch)
+            with self.zip.open(info) as member:
+                data = member.read(self.max_bytes + 1)
+        except zipfile.BadZipFile as exc:
+            raise ValueError(f"{name} is damaged in the zip ({exc})") from None
+        except (zlib.error, EOFError, lzma.LZMAError, OSError, ValueError, RuntimeError,
+                NotImplementedError) as exc:
+            raise ValueError(f"{name} is damaged in the zip ({type(exc).__name__}: {exc or 'truncated'})") \
+                from None
+        if len(data) > self.max_bytes:
+            raise ValueError(f"{name} is larger than {self.max_bytes // (1024 * 1024)} MB")
+        if len(data) != info.file_size:
+            raise ValueError(f"{name} is damaged in the zip (its header says {info.file_size} bytes, "
+                             f"it holds {len(data)})")
+        return data
 
     def close(self) -> None:
         self.zip.close()
@@ -454,21 +525,51 @@ class ImportPlan:
         }
 
 
-def _photo_header(data: bytes, max_pixels: int) -> str | None:
-    """Why these bytes are not a usable photo (None when they look fine); reads the header only."""
+#: how far a CSV box may reach past the photo's edge, as a share of the box's own width / height
+#: (a face at the edge of a photo has a box that crosses it, as the detector's boxes do)
+BOX_EDGE_MARGIN = 0.1
+_EXIF_ORIENTATION = 0x0112
+
+
+def photo_header(data: bytes, max_pixels: int) -> tuple[int, int] | str:
+    """The upright (width, height) of a photo from its header, or why it is not a usable photo."""
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
     try:
         with PILImage.open(io.BytesIO(data)) as img:
             width, height = img.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        return "not a readable photo (JPEG, PNG, WebP, BMP, TIFF)"
+            # EXIF orientations 5-8 turn the photo a quarter: decoding makes it upright
+            if img.getexif().get(_EXIF_ORIENTATION) in {5, 6, 7, 8}:
+                width, height = height, width
     except PILImage.DecompressionBombError:
         return "photo has too many pixels"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return "not a readable photo (JPEG, PNG, WebP, BMP, TIFF)"
+    if width < 1 or height < 1:
+        return "photo has no pixels"
     if width * height > max_pixels:
         return f"photo has {width}x{height} pixels, more than the limit of {max_pixels}"
+    return width, height
+
+
+def row_problem(row: CsvRow, size: tuple[int, int]) -> str | None:
+    """Why a row cannot import a photo of `size` (width, height), or None: the decision the dry run and
+    the run share for everything the CSV row and the photo's header alone settle."""
+    if row.box is None:
+        return None
+    width, height = size
+    x1, y1, x2, y2 = row.box
+    mx, my = (x2 - x1) * BOX_EDGE_MARGIN, (y2 - y1) * BOX_EDGE_MARGIN
+    if x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0:
+        return f"box {_box_text(row.box)} lies outside the {width}x{height} photo"
+    if x1 < -mx or y1 < -my or x2 > width + mx or y2 > height + my:
+        return f"box {_box_text(row.box)} lies partly outside the {width}x{height} photo"
     return None
+
+
+def _box_text(box: tuple[float, float, float, float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in box) + ")"
 
 
 def plan_import(*, db: Database, table: ImportTable, source: PhotoSource, max_pixels: int) -> ImportPlan:
@@ -483,7 +584,8 @@ def plan_import(*, db: Database, table: ImportTable, source: PhotoSource, max_pi
         except (FileNotFoundError, ValueError, OSError) as exc:
             planned.append(PlannedRow(row, "refused", str(exc) or f"{row.image} cannot be read"))
             continue
-        problem = _photo_header(data, max_pixels)
+        header = photo_header(data, max_pixels)
+        problem = header if isinstance(header, str) else row_problem(row, header)
         if problem:
             planned.append(PlannedRow(row, "refused", problem))
             continue
@@ -635,6 +737,8 @@ class _Photo:
     data: bytes = b""
     rgb: np.ndarray | None = None
     error: str | None = None
+    #: rows of this photo refused by `row_problem`: line -> reason
+    refused: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -721,15 +825,21 @@ def run_import(
                 photo.rgb = decode_image(photo.data, max_pixels=max_pixels)
             except (ImageDecodeError, FileNotFoundError, ValueError, OSError) as exc:
                 photo.error = f"photo cannot be read: {exc}"
+                continue
+            # the dry run's decision again, on the photo as read now (the plan may be older)
+            size = (int(photo.rgb.shape[1]), int(photo.rgb.shape[0]))
+            photo.refused = {p.row.line: why for p in photo.rows if (why := row_problem(p.row, size))}
         return batch
 
     batches = _batches([p for p in plan.rows if p.action == "import"], batch_size)
     photos_processed = 0
     status = ImportStatus.failed
+    error: str | None = None
     children: dict[str, int] = {}
     created: list[str] = []
-    notify()
+    heartbeat = _Heartbeat(db, run_id)
     try:
+        notify()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-decode") as pool:
             pending: Future[_Batch] | None = pool.submit(load, batches[0]) if batches else None
             for k in range(len(batches)):
@@ -744,14 +854,19 @@ def run_import(
                         after_commit()
                 notify()
         status = ImportStatus.finished
+    except BaseException as exc:
+        # the kind of failure only: a driver's message may quote row values (names) into the audit
+        error = f"stopped by {type(exc).__name__}"
+        raise
     finally:
+        heartbeat.stop()
         ordered = [outcomes[p.row.line] for p in plan.rows if p.row.line in outcomes]
         if report_path is not None:
             report_path.parent.mkdir(parents=True, exist_ok=True)
             with report_path.open("w", newline="", encoding="utf-8") as fh:
                 write_report(ordered, fh)
         counts = {**_count(ordered), "rows": total, "children_created": len(created)}
-        _finish_run(db, actor, run_id, status, counts, report_path)
+        _finish_run(db, actor, run_id, status, counts, report_path, error)
     return ImportResult(run_id=run_id, outcomes=ordered, counts=counts, seconds=time.perf_counter() - started,
                         photos_processed=photos_processed, report_path=report_path)
 
@@ -791,6 +906,9 @@ def _detect_and_select(pipeline: Any, batch: _Batch, outcomes: dict[int, RowOutc
     for photo, faces in zip(readable, results, strict=True):
         claimed: dict[int, PlannedRow] = {}
         for p in photo.rows:
+            if p.row.line in photo.refused:
+                refuse(p, photo.refused[p.row.line])
+                continue
             index, codes = select_face(faces, p.row.box)
             if index is None:
                 refuse(p, _words(codes))
@@ -819,7 +937,6 @@ def _ensure_children(
 ) -> None:
     """Find or create (one `child.created` unit of work each) the children this batch needs."""
     from childface.services.children import create_child
-    from childface.services.errors import Conflict
 
     wanted = sorted({a.planned.row.external_id for a in accepted} - set(children))
     if not wanted:
@@ -852,68 +969,181 @@ def _commit_batch(
     children: dict[str, int],
     outcomes: dict[int, RowOutcome],
 ) -> None:
-    """Store the batch's photos and faces in one unit of work with one `import.batch` event."""
+    """Store the batch's photos and faces in one unit of work with one `import.batch` event.
+
+    A face some other writer stored meanwhile (another import, an enrollment) is not stored twice:
+    `persist_face` refuses it under the photo's lock and the row becomes a `duplicate`.
+    """
     from childface.db.models import ImageSource
     photos: dict[str, _Photo] = {}
     for a in accepted:
         photos.setdefault(a.photo.sha256, a.photo)
     stored: list[tuple[_Accepted, Face]] = []
+    duplicates: list[tuple[_Accepted, FaceAlreadyStored]] = []
     with ExitStack() as held:
         # media contract: hold each photo (in a fixed order: no deadlock) across file write and commit
         for sha in sorted(photos):
             held.enter_context(media.hold(sha))
-        paths = {sha: store_photo(media, photo.data)[1] for sha, photo in photos.items()}
-        try:
-            with db.unit_of_work(actor) as uow:
-                for a in accepted:
-                    row, rgb = a.planned.row, a.photo.rgb
-                    assert rgb is not None
+        paths = {sha: media.locate(photo.data)[1] for sha, photo in photos.items()}
+        # announced before they are written, settled after the commit: a crash strands no file
+        held.enter_context(pending_writes(db, media, paths.items()))
+        for photo in photos.values():
+            store_photo(media, photo.data)
+        with db.unit_of_work(actor) as uow:
+            for a in accepted:
+                row, rgb = a.planned.row, a.photo.rgb
+                assert rgb is not None
+                try:
                     face = persist_face(
                         uow.session, sha256=a.photo.sha256, path=paths[a.photo.sha256],
-                        width=int(rgb.shape[1]), height=int(rgb.shape[0]), source=ImageSource.csv_import,
-                        uploaded_by=str(actor), face=a.face, child_id=children[row.external_id],
-                        model_db_id=model_db_id, mask=row.mask, arousal=row.arousal, valence=row.valence,
+                        width=int(rgb.shape[1]), height=int(rgb.shape[0]),
+                        source=ImageSource.csv_import, uploaded_by=str(actor), face=a.face,
+                        child_id=children[row.external_id], model_db_id=model_db_id, mask=row.mask,
+                        arousal=row.arousal, valence=row.valence,
                     )
-                    stored.append((a, face))
-                face_ids = [face.id for _, face in stored]
-                uow.audit("import.batch", target_type="import_run", target_id=run_id,
-                          after={"run_id": run_id, "photos": len(photos), "faces": len(face_ids),
-                                 "lines": [a.planned.row.line for a, _ in stored]},
-                          face_ids=face_ids)
-        except BaseException:
-            for sha, path in paths.items():
-                media.discard_if_unreferenced(path, lambda sha=sha: _image_stored(db, sha))
-            raise
+                except FaceAlreadyStored as dup:
+                    duplicates.append((a, dup))
+                    continue
+                stored.append((a, face))
+            face_ids = [face.id for _, face in stored]
+            uow.audit("import.batch", target_type="import_run", target_id=run_id,
+                      after={"run_id": run_id, "photos": len(photos), "faces": len(face_ids),
+                             "lines": [a.planned.row.line for a, _ in stored],
+                             "duplicate_lines": [a.planned.row.line for a, _ in duplicates]},
+                      face_ids=face_ids)
     for a, face in stored:
         row = a.planned.row
         outcomes[row.line] = RowOutcome(row.line, row.external_id, row.image, "imported", "", face.id)
+    for a, dup in duplicates:
+        row = a.planned.row
+        outcomes[row.line] = RowOutcome(row.line, row.external_id, row.image, "duplicate",
+                                        f"this face was stored meanwhile (face {dup.face_id})", dup.face_id)
 
 
-def _image_stored(db: Database, sha256: str) -> bool:
-    with db.session() as session:
-        return session.scalar(select(Image.id).where(Image.sha256 == sha256)) is not None
+# ---- one import at a time, across processes --------------------------------------------------------
+
+#: how often a running import renews `import_runs.heartbeat_at`
+HEARTBEAT_S = 10.0
+#: a `running` run without a heartbeat for this long was interrupted (a crash, a lost machine)
+STALE_AFTER_S = 90.0
 
 
 def start_run(*, db: Database, actor: Actor, source_name: str, plan: ImportPlan) -> int:
-    """Open an import run (`import_runs` row + `import.started` event); returns its id."""
-    with db.unit_of_work(actor) as uow:
-        run = ImportRun(source_name=source_name[:500], status=ImportStatus.running, started_by=str(actor))
-        uow.session.add(run)
-        uow.session.flush()
-        uow.audit("import.started", target_type="import_run", target_id=run.id,
-                  after={"source": source_name, "plan": plan.counts()})
-        return run.id
+    """Open an import run (`import_runs` row + `import.started` event); returns its id.
+
+    At most one run is `running` in a deployment: the database's partial unique
+    index refuses a second row, whichever process inserts it, and this raises
+    Conflict `import_running`. A run left `running` by a process that died is
+    failed first (`fail_interrupted_runs`), so a crash never blocks imports for good.
+    """
+    source_name = printable(source_name)[:500]  # file names are the client's text too
+    for attempt in range(2):
+        try:
+            with db.unit_of_work(actor) as uow:
+                run = ImportRun(source_name=source_name, status=ImportStatus.running,
+                                started_by=str(actor), owner=current_owner(),
+                                heartbeat_at=datetime.now(UTC))
+                uow.session.add(run)
+                uow.session.flush()
+                uow.audit("import.started", target_type="import_run", target_id=run.id,
+                          after={"source": source_name, "plan": plan.counts()})
+            return run.id
+        except IntegrityError:
+            if attempt or not fail_interrupted_runs(db, stale_after_s=STALE_AFTER_S):
+                break
+    with db.session() as session:
+        other = session.scalar(select(ImportRun).where(ImportRun.status == ImportStatus.running))
+    detail = (f" (run {other.id}, {other.source_name}, started by {other.started_by} at "
+              f"{other.started_at:%Y-%m-%d %H:%M} UTC)") if other is not None else ""
+    raise Conflict(f"another import is running{detail}; wait for it to finish", code="import_running")
+
+
+def fail_interrupted_runs(db: Database, *, stale_after_s: float) -> list[int]:
+    """Mark `running` runs whose process is gone as `failed` (`error` "interrupted: ..."); their ids.
+
+    Gone: the owner ran on this host and is no longer alive (`services.owners`: a pid
+    reused by a later process does not count), or no heartbeat came
+    for `stale_after_s` seconds. Each is one unit of work with an `import.interrupted`
+    event by the system. The finished batches of such a run stay; importing the same
+    files again resumes it.
+    """
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(seconds=stale_after_s)
+    with db.session() as session:
+        running = list(session.execute(
+            select(ImportRun.id, ImportRun.owner, ImportRun.heartbeat_at, ImportRun.started_at)
+            .where(ImportRun.status == ImportStatus.running)
+        ))
+    failed: list[int] = []
+    for run_id, owner, beat, started in running:
+        last = beat or started
+        if owner_alive(owner, started) is False:
+            error = f"interrupted: the importing process {owner} is no longer running"
+            still = ImportRun.owner == owner
+        elif last < cutoff:
+            error = (f"interrupted: no sign of life from {owner or 'the importing process'} since "
+                     f"{last:%Y-%m-%d %H:%M:%S} UTC")
+            still = or_(ImportRun.heartbeat_at.is_(None), ImportRun.heartbeat_at < cutoff)
+        else:
+            continue
+        try:
+            with db.unit_of_work(SYSTEM) as uow:
+                changed = uow.session.execute(
+                    update(ImportRun)
+                    .where(ImportRun.id == run_id, ImportRun.status == ImportStatus.running, still)
+                    .values(status=ImportStatus.failed, finished_at=now, error=error)
+                ).rowcount
+                if not changed:
+                    raise _StillRunning  # it beat or finished meanwhile: nothing to record
+                uow.audit("import.interrupted", target_type="import_run", target_id=run_id,
+                          after={"status": ImportStatus.failed.value, "error": error})
+        except _StillRunning:
+            continue
+        failed.append(run_id)
+    return failed
+
+
+class _StillRunning(Exception):
+    pass
+
+
+class _Heartbeat:
+    """Renews a run's `heartbeat_at` every HEARTBEAT_S seconds from a thread, until stopped."""
+
+    def __init__(self, db: Database, run_id: int) -> None:
+        self.db, self.run_id = db, run_id
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"import-{run_id}-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            try:
+                with self.db.transaction() as session:
+                    session.execute(
+                        update(ImportRun)
+                        .where(ImportRun.id == self.run_id, ImportRun.status == ImportStatus.running)
+                        .values(heartbeat_at=datetime.now(UTC))
+                    )
+            except SQLAlchemyError:  # a busy or briefly unreachable database: try again next beat
+                log.warning("import run %s: heartbeat not recorded", self.run_id, exc_info=True)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
 
 
 def _finish_run(
     db: Database, actor: Actor, run_id: int, status: ImportStatus, counts: dict[str, int],
-    report_path: Path | None,
+    report_path: Path | None, error: str | None,
 ) -> None:
     with db.unit_of_work(actor) as uow:
         run = uow.session.get(ImportRun, run_id)
         run.status = status
         run.finished_at = datetime.now(UTC)
         run.counts = counts
+        run.error = error
         run.report_path = str(report_path) if report_path is not None else None
         uow.audit("import.finished" if status == ImportStatus.finished else "import.failed",
-                  target_type="import_run", target_id=run_id, after={"status": status.value, **counts})
+                  target_type="import_run", target_id=run_id,
+                  after={"status": status.value, **counts, **({"error": error} if error else {})})

@@ -6,12 +6,17 @@ name is the content: writing the same photo twice is a no-op, and the
 `images.path` column stores the path relative to `media_dir`, so the folder
 can move.
 
-Writes are atomic (temporary file in the same folder, fsync, rename): a crash
-leaves the old state or the new file, never half a photo. A service that
-writes a file before its DB transaction holds `hold(sha)` across the write
-and the commit, and calls `discard_if_unreferenced` when the transaction
-fails; erasure deletes files only after its commit (DESIGN.md invariant 3: a
-committed image never loses its file).
+Writes are atomic (temporary file `.cf-<host>-<pid>-*.tmp` in the same
+folder, fsync, rename, fsync of the folder): a crash leaves the old state or
+the new file, never half a photo, and a leftover temporary file names the
+process that wrote it (start-up recovery removes those of dead writers).
+
+Files and rows are kept in step by `services.file_journal` (DESIGN.md
+invariant 3): a writer announces its file (`pending_writes`) before writing
+it and the DB commit that refers to it; a deleting transaction journals the
+files whose last row it removed; the journal's sweep deletes a file only when
+no row and no live writer needs it. `hold(sha)` serialises one photo's
+writers and deleters within this process.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from childface.services.owners import scratch_tag
 
 THUMBNAIL_SIZE = 160
 #: share of the face box added on each side of a thumbnail, so hair and chin show
@@ -59,7 +66,7 @@ class MediaStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
 
     def relative_path(self, sha256: str, ext: str) -> str:
@@ -73,16 +80,23 @@ class MediaStore:
 
     @contextmanager
     def hold(self, sha256: str) -> Iterator[None]:
-        """Serialise writers and deleters of one photo within this process."""
+        """Serialise writers and deleters of one photo within this process (re-entrant)."""
         with self._locks_guard:
-            lock = self._locks.setdefault(sha256, threading.Lock())
+            lock = self._locks.setdefault(sha256, threading.RLock())
         with lock:
             yield
 
-    def put(self, data: bytes) -> tuple[str, str]:
-        """Store bytes (idempotent); returns (sha256, path relative to the media folder)."""
+    def locate(self, data: bytes) -> tuple[str, str]:
+        """Where these bytes are (or would be) stored: (sha256, path relative to the media folder)."""
         sha = sha256_hex(data)
-        relative = self.relative_path(sha, image_extension(data))
+        return sha, self.relative_path(sha, image_extension(data))
+
+    def put(self, data: bytes) -> tuple[str, str]:
+        """Store bytes (idempotent); returns (sha256, path relative to the media folder).
+
+        Announce the write first (`file_journal.pending_writes`), or a sweep may take the file.
+        """
+        sha, relative = self.locate(data)
         path = self.absolute(relative)
         if not path.exists():
             _atomic_write(path, data)
@@ -91,27 +105,25 @@ class MediaStore:
     def read(self, relative: str) -> bytes:
         return self.absolute(relative).read_bytes()
 
-    def delete(self, relative: str) -> None:
+    def delete(self, relative: str) -> bool:
+        """Remove a file (gone already is fine); True when there was one."""
         path = self.absolute(relative)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
         # tidy empty fan-out folders; another writer may fill them again at any time
         for folder in (path.parent, path.parent.parent):
             try:
                 folder.rmdir()
             except OSError:
                 break
-
-    def discard_if_unreferenced(self, relative: str, is_referenced: Callable[[], bool]) -> bool:
-        """Delete a file no DB row points at (after a failed or erasing transaction)."""
-        if is_referenced():
-            return False
-        self.delete(relative)
         return True
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{scratch_tag()}", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -121,6 +133,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # the rename is durable only once the folder entry is on disk: before the DB commit that refers to it
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def face_thumbnail(rgb: np.ndarray, box: list[float], size: int = THUMBNAIL_SIZE) -> bytes:

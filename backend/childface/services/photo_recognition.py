@@ -1,6 +1,7 @@
 """Recognition requests end to end: photo bytes -> faces with candidates and decisions.
 
-`recognize_photo`: decode, run the pipeline, search the gallery and decide
+`recognize_photo`: check the header (per-photo and per-request pixel limits,
+before any decoding), decode, run the pipeline, search the gallery and decide
 (`services.recognition.identify`), add names from the DB, and queue the faces
 that ended in `review` (`services.review.queue_for_review`). `detect_photo`
 stops after detection and quality. `verify_photo` scores one photo's face
@@ -20,7 +21,7 @@ from sqlalchemy import select
 
 from childface.db.models import Child, ChildStatus
 from childface.db.session import Actor
-from childface.services.enrollment import Photo, decode_photos, run_pipeline
+from childface.services.enrollment import Photo, decode_photos, read_headers, run_pipeline
 from childface.services.errors import Conflict, InvalidImage, InvalidInput, NotFound
 from childface.services.recognition import UnknownChild, identify, verify
 
@@ -54,18 +55,33 @@ class PhotoRecognition:
     faces: list[RecognizedFace]
 
 
-def _decoded(runtime: Runtime, data: bytes, filename: str | None = None) -> Photo:
-    photo = Photo(data=data, filename=filename)
+def _checked(runtime: Runtime, *datas: bytes) -> list[Photo]:
+    """The request's photos, checked from their headers (per photo and for the request together)."""
+    photos = [Photo(data=data) for data in datas]
+    read_headers(photos, runtime.settings)
+    for photo in photos:
+        _raise_for(photo)
+    return photos
+
+
+def _decode(runtime: Runtime, photo: Photo) -> np.ndarray:
     decode_photos([photo], max_pixels=runtime.settings.max_image_pixels)
+    _raise_for(photo)
+    assert photo.rgb is not None
+    return photo.rgb
+
+
+def _raise_for(photo: Photo) -> None:
     if photo.error is not None:
         raise InvalidImage(photo.error[1], code=photo.error[0])
-    return photo
 
 
-def detect_photo(*, runtime: Runtime, data: bytes) -> tuple[Photo, list[DetectedFace]]:
-    """Faces (box, landmarks, quality) of one photo, without embeddings or search."""
-    photo = _decoded(runtime, data)
-    return photo, runtime.pipeline.detect_only([photo.rgb])[0]
+def detect_photo(*, runtime: Runtime, data: bytes) -> tuple[int, int, list[DetectedFace]]:
+    """(width, height, faces with box, landmarks, quality) of one photo, without embeddings or search."""
+    (photo,) = _checked(runtime, data)
+    rgb = _decode(runtime, photo)
+    height, width = rgb.shape[:2]
+    return width, height, runtime.pipeline.detect_only([rgb])[0]
 
 
 def recognize_photo(
@@ -73,9 +89,9 @@ def recognize_photo(
 ) -> PhotoRecognition:
     from childface.services.review import queue_for_review
 
-    photo = _decoded(runtime, data)
-    assert photo.rgb is not None
-    faces = run_pipeline(runtime, [photo.rgb])[0]
+    (photo,) = _checked(runtime, data)
+    faces = run_pipeline(runtime, [_decode(runtime, photo)])[0]
+    assert photo.rgb is not None  # kept: the review queue stores the photo's size with undecided faces
     height, width = photo.rgb.shape[:2]
     results: list[RecognizedFace] = []
     if faces:
@@ -136,8 +152,11 @@ def verify_photo(
     """Is the main face of `data` this child (or the main face of `other`)? Score and decision."""
     if (child_id is None) == (other is None):
         raise InvalidInput("send either child_id or a second photo (file2)")
-    photos = [_decoded(runtime, data)] + ([_decoded(runtime, other)] if other is not None else [])
-    detected = run_pipeline(runtime, [p.rgb for p in photos])
+    photos = _checked(runtime, data, *([other] if other is not None else []))
+    detected: list[list[DetectedFace]] = []
+    for photo in photos:  # one at a time: only one photo's pixels are held
+        detected += run_pipeline(runtime, [_decode(runtime, photo)])
+        photo.rgb = None
     face = _main_face(detected[0])
     reasons = [] if face is not None else ["no_face"]
     if child_id is not None:

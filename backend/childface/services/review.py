@@ -29,8 +29,9 @@ from sqlalchemy import func, select
 from childface.db.models import Child, ChildStatus, Face, ImageSource, ReviewItem, ReviewState, ReviewStatus
 from childface.db.session import Actor
 from childface.services.children import MAX_PAGE, Page, clean_text, get_child_row, snapshot
-from childface.services.enrollment import Photo, persist_face, store_photo, stored_face_on
+from childface.services.enrollment import FaceAlreadyStored, Photo, persist_face, store_photo
 from childface.services.errors import Conflict, InvalidInput, NotFound
+from childface.services.file_journal import pending_writes
 
 if TYPE_CHECKING:
     from childface.services.gallery import ChildCandidate
@@ -55,37 +56,38 @@ def queue_for_review(
     assert photo.rgb is not None and photo.sha256 is not None
     height, width = photo.rgb.shape[:2]
     media = runtime.media
-    with media.hold(photo.sha256):
-        _, relative = store_photo(media, photo.data)
+    _, relative = media.locate(photo.data)
+    # announced before it is written, settled after the commit: a crash strands no file
+    with media.hold(photo.sha256), pending_writes(runtime.db, media, [(photo.sha256, relative)]):
+        store_photo(media, photo.data)
         try:
             with runtime.db.unit_of_work(actor) as uow:
                 session = uow.session
                 item_ids: list[int | None] = []
                 face_ids: list[int] = []
                 for detected, candidates in faces:
-                    box = [float(v) for v in detected.box]
-                    existing = stored_face_on(session, photo.sha256, box)
-                    if existing is not None:
+                    try:
+                        face = persist_face(
+                            session,
+                            sha256=photo.sha256,
+                            path=relative,
+                            width=width,
+                            height=height,
+                            source=ImageSource.recognition,
+                            uploaded_by=str(actor),
+                            face=detected,
+                            child_id=None,
+                            model_db_id=runtime.model_db_id,
+                            review_state=ReviewState.pending_review,
+                        )
+                    except FaceAlreadyStored as existing:  # stored before (by anyone): its open item, if any
                         open_item = session.scalar(
                             select(ReviewItem.id).where(
-                                ReviewItem.face_id == existing.id, ReviewItem.status == ReviewStatus.open
+                                ReviewItem.face_id == existing.face_id, ReviewItem.status == ReviewStatus.open
                             )
                         )
                         item_ids.append(open_item)
                         continue
-                    face = persist_face(
-                        session,
-                        sha256=photo.sha256,
-                        path=relative,
-                        width=width,
-                        height=height,
-                        source=ImageSource.recognition,
-                        uploaded_by=str(actor),
-                        face=detected,
-                        child_id=None,
-                        model_db_id=runtime.model_db_id,
-                        review_state=ReviewState.pending_review,
-                    )
                     item = ReviewItem(
                         face_id=face.id,
                         candidates=[
@@ -108,9 +110,6 @@ def queue_for_review(
                 )
         except _NothingToWrite as nothing:
             return nothing.item_ids
-        except BaseException:
-            media.discard_if_unreferenced(relative, lambda: _image_exists(runtime, photo.sha256))
-            raise
     return item_ids
 
 
@@ -118,13 +117,6 @@ class _NothingToWrite(Exception):
     def __init__(self, item_ids: list[int | None]) -> None:
         super().__init__(item_ids)
         self.item_ids = item_ids
-
-
-def _image_exists(runtime: Runtime, sha256: str) -> bool:
-    from childface.db.models import Image
-
-    with runtime.db.session() as session:
-        return session.scalar(select(Image.id).where(Image.sha256 == sha256)) is not None
 
 
 @dataclass

@@ -24,7 +24,9 @@ from sqlalchemy import func, select
 from childface.config import Settings
 from childface.db.models import AuditEvent
 from childface.db.session import Database, DatabaseError
+from childface.private_files import private_dir
 from childface.services.media import MediaStore
+from childface.services.recovery import Housekeeper, RecoveryReport, import_scratch_root, recover
 
 if TYPE_CHECKING:
     from childface.services.gallery import Gallery
@@ -55,6 +57,9 @@ class Runtime:
         self._gallery: Gallery | None = None
         self._model_db_id: int | None = None
         self._init_lock = threading.Lock()
+        self._housekeeper: Housekeeper | None = None
+        #: what start-up recovery found and did (None before `start`)
+        self.recovery: RecoveryReport | None = None
 
     @classmethod
     def scratch(cls, settings: Settings, root: Path) -> Runtime:
@@ -122,15 +127,25 @@ class Runtime:
     # --- life cycle -----------------------------------------------------------------
 
     def start(self, *, autosave: bool = True) -> None:
-        """Check the database, load the models, bring the index up to date (idempotent).
+        """Check the database, recover from an unclean stop, load the models, bring the index up to date
+        (idempotent).
 
-        `autosave` runs the gallery's background thread that saves the index
-        snapshot when it changed (and keeps its FAISS structure tuned).
+        `autosave` runs the background threads: the gallery's (saves the index
+        snapshot when it changed, keeps its FAISS structure tuned) and housekeeping
+        (journaled file deletions, abandoned writes, interrupted imports).
         """
         self.db.check()
-        self.media.root.mkdir(parents=True, exist_ok=True)
+        scratch = import_scratch_root(self.settings).parent
+        for folder in (self.media.root, self.settings.resolved_index_dir, scratch):
+            private_dir(folder)  # biometric data: 0700, also for folders made by earlier versions
+        self.recovery = recover(settings=self.settings, db=self.db, media=self.media)
+        if self.recovery.anything:
+            log.info("recovered after an unclean stop: %s", self.recovery.summary())
         if autosave:
             self.gallery.start_autosave()
+            if self._housekeeper is None:
+                self._housekeeper = Housekeeper(settings=self.settings, db=self.db, media=self.media)
+                self._housekeeper.start()
         else:
             self.gallery  # noqa: B018 - loads the pipeline and starts the gallery
 
@@ -172,7 +187,10 @@ class Runtime:
         return Readiness(ready=all(value == "ok" for value in checks.values()), checks=checks)
 
     def close(self) -> None:
-        """Stop the background saver and save the snapshot (a restart replays only newer changes)."""
+        """Stop the background threads and save the snapshot (a restart replays only newer changes)."""
+        if self._housekeeper is not None:
+            self._housekeeper.stop()
+            self._housekeeper = None
         if self._gallery is not None:
             try:
                 self._gallery.close()

@@ -1,25 +1,32 @@
-"""Staff sign-in: password -> bearer token (with lockout), sign-out, who am I."""
+"""Staff sign-in: password -> bearer token (throttled per client address), sign-out, who am I."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 
-from childface.api.deps import CurrentPrincipal, RuntimeDep
+from childface.api.deps import CurrentPrincipal, RuntimeDep, count_unauthenticated
+from childface.api.rate_limit import client_address
 from childface.api.schemas import LoginRequest, Me, PasswordChange, TokenResponse, UserPublic
 from childface.services import accounts
 from childface.services.errors import InvalidInput
+from childface.services.login_throttle import ThrottlePolicy
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-@router.post("/login", response_model=TokenResponse)
-def login(body: LoginRequest, runtime: RuntimeDep) -> TokenResponse:
+@router.post("/login", response_model=TokenResponse, dependencies=[Depends(count_unauthenticated)])
+def login(body: LoginRequest, request: Request, runtime: RuntimeDep) -> TokenResponse:
     """Exchange username and password for a session token (`Authorization: Bearer <token>`).
 
-    After `login_max_failures` wrong passwords in a row the account is locked
-    for `login_lockout_minutes` (423 `account_locked`).
+    A wrong name, a wrong password and an inactive account all get 401
+    `invalid_credentials`. After `login_max_failures_per_account_address` failures for one
+    name, or `login_max_failures_per_address` failures for any names, from one client address
+    within `login_throttle_window_minutes`, that address gets 429 `too_many_attempts` (with
+    Retry-After) for one window, whether the name exists or not; other addresses are not
+    affected. Like every route that needs no credentials, sign-in is also rate-limited per
+    address (`rate_limit_unauthenticated`, 429 `rate_limited`).
     """
     settings = runtime.settings
     ttl = timedelta(minutes=settings.session_ttl_minutes)
@@ -28,8 +35,8 @@ def login(body: LoginRequest, runtime: RuntimeDep) -> TokenResponse:
         username=body.username,
         password=body.password,
         ttl=ttl,
-        max_failures=settings.login_max_failures,
-        lockout=timedelta(minutes=settings.login_lockout_minutes),
+        client_address=client_address(request),
+        policy=ThrottlePolicy.from_settings(settings),
     )
     return TokenResponse(
         access_token=token, expires_at=datetime.now(UTC) + ttl, user=UserPublic.model_validate(user)

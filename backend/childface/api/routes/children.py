@@ -22,7 +22,7 @@ from childface.api.schemas import (
 )
 from childface.db.models import ChildStatus, ImageSource, ReviewState
 from childface.services import children as children_service
-from childface.services import enrollment, faces, merging
+from childface.services import enrollment, erasure, faces, merging
 from childface.services.errors import InvalidInput
 
 router = APIRouter(prefix="/children", tags=["children"])
@@ -113,12 +113,14 @@ def unarchive_child(child_id: PathId, principal: Writer, runtime: RuntimeDep) ->
 def erase_child(
     child_id: PathId, body: EraseRequest, principal: Eraser, runtime: RuntimeDep
 ) -> ErasureResult:
-    """Irreversibly delete the child, its photos, faces, embeddings and index entries (admin only).
+    """Irreversibly erase the child and every child merged into it (admin only).
 
-    The body must be `{"confirm": "ERASE"}`. The audit trail keeps a tombstone
-    (child id, external id, counts) without names or biometric data.
+    Their photos, faces, embeddings, index entries and review items go, and so do
+    faces waiting for review that propose them; earlier audit events keep no name
+    or external id of theirs. The body must be `{"confirm": "ERASE"}`. The audit
+    trail keeps a tombstone (child ids, counts, who, when).
     """
-    report = children_service.erase_child(
+    report = erasure.erase_child(
         db=runtime.db, media=runtime.media, actor=principal.actor, child_id=child_id, confirm=body.confirm
     )
     runtime.catch_up()
@@ -161,6 +163,8 @@ def enroll_images(
     Every photo gets its own result: `enrolled` (with the new face id),
     `duplicate` (this photo's face is already stored) or `refused` with reason
     codes (`no_face`, `several_faces_no_hint`, `too_small`, `blurred`, ...).
+    Photos whose pixels together (from their headers) exceed `max_request_pixels`
+    are refused as a whole, before any decoding: 413 `too_many_pixels`.
     """
     hints = [enrollment.parse_box(h) for h in (hint_box or []) if h.strip()]
     if hints and len(hints) not in (1, len(files)):

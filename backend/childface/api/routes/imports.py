@@ -3,9 +3,11 @@
 The photos come as one zip next to the CSV (a web client cannot name folders
 on the server). `POST /imports/check` is the dry run. `POST /imports` opens the
 run, answers at once with its id and imports in a background thread of this
-process, one import at a time; `GET /imports/{id}` reports progress while it
-runs and the final counts after. Same service as `childface import`
-(services/importing.py; format in docs/import-format.md).
+process, one import at a time in the whole deployment (the database refuses a
+second running run, whichever process starts it: 409 `import_running`);
+`GET /imports/{id}` reports progress while it runs and the final counts after.
+Same service as `childface import` (services/importing.py; format in
+docs/import-format.md).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import io
 import logging
 import shutil
-import tempfile
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,8 @@ from childface.api.deps import Enroller, PathId, Reader, RuntimeDep
 from childface.db.models import ImportRun, ImportStatus
 from childface.db.session import Actor
 from childface.services import importing
-from childface.services.errors import Conflict, InvalidInput, NotFound
+from childface.services.errors import InvalidInput, NotFound
+from childface.services.recovery import new_import_folder
 from childface.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -85,10 +87,6 @@ class _Live:
     def get(self, run_id: int) -> importing.ImportProgress | None:
         with self.lock:
             return self.progress.get(run_id)
-
-    def busy(self) -> bool:
-        with self.lock:
-            return bool(self.progress)
 
     def drop(self, run_id: int) -> None:
         with self.lock:
@@ -167,11 +165,11 @@ def start_import(
     photos: Annotated[UploadFile | None, File(description="Zip of the photos the CSV names.")] = None,
 ) -> ImportRunPublic:
     """Start importing; answers at once. Follow it with `GET /imports/{id}`; rows already imported
-    are skipped, so sending the same files again resumes an interrupted import."""
-    if _live.busy():
-        raise Conflict("an import is already running; wait for it to finish", code="import_running")
+    are skipped, so sending the same files again resumes an interrupted import. One import runs at a
+    time in a deployment (all processes together): 409 `import_running` while another runs."""
     table, data = _read_inputs(csv_file, photos)
-    folder = Path(tempfile.mkdtemp(prefix="childface-import-"))
+    # under the data folder and named after this process: start-up recovery removes a dead one's folder
+    folder = new_import_folder(runtime.settings)
     zip_path = folder / "photos.zip"
     zip_path.write_bytes(data)
     try:

@@ -92,7 +92,5 @@ def detect(
     file: Annotated[UploadFile, File(description="The photo.")],
 ) -> DetectResponse:
     """Faces only: box, landmarks, detector score and quality; nothing is searched or stored."""
-    photo, faces = photo_recognition.detect_photo(runtime=runtime, data=file.file.read())
-    assert photo.rgb is not None
-    height, width = photo.rgb.shape[:2]
+    width, height, faces = photo_recognition.detect_photo(runtime=runtime, data=file.file.read())
     return DetectResponse(width=width, height=height, faces=[detected_public(f) for f in faces])

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from childface.api.convert import child_public, face_public
-from childface.api.deps import Offset, PathId, Reader, RuntimeDep, Writer
+from childface.api.deps import Enroller, Offset, PathId, Reader, RuntimeDep, Writer
 from childface.api.schemas import (
     DuplicatePair,
     DuplicateSide,
@@ -65,16 +65,22 @@ def review_queue(
 
 @router.get("/duplicates", response_model=DuplicatesResponse)
 def review_duplicates(
-    _: Reader,
+    _: Enroller,
     runtime: RuntimeDep,
     threshold: Annotated[
         float | None, Query(ge=-1.0, le=1.0, description="Default: review threshold")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> DuplicatesResponse:
-    """Pairs of different children whose templates are suspiciously similar (enrolled twice?)."""
+    """Pairs of different children whose templates are suspiciously similar (enrolled twice?).
+
+    Staff only (the `enroll` permission: staff and admin users, API keys with the
+    enroll or admin scope): it compares every child's face with every other's.
+    """
     used = runtime.settings.review_threshold if threshold is None else threshold
-    pairs = duplicates.find_duplicates(runtime=runtime, threshold=used, limit=limit)
+    pairs = duplicates.find_duplicates(
+        db=runtime.db, settings=runtime.settings, model_db_id=runtime.model_db_id, threshold=used, limit=limit
+    )
     return DuplicatesResponse(
         threshold=used,
         pairs=[
