@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -266,6 +267,18 @@ class AuditEvent(Base):
     face_ids: Mapped[list[int] | None] = mapped_column(JSON)
 
 
+class AuditEventChild(Base):
+    """Which children an audit event concerns (its `child_id` and any other: merge source, old owner
+    of a reassigned face, children of an import batch), so a child's history is one indexed query."""
+
+    __tablename__ = "audit_event_children"
+
+    seq: Mapped[int] = mapped_column(
+        ForeignKey("audit_events.seq", ondelete="CASCADE"), primary_key=True
+    )
+    child_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
+
+
 class User(Base):
     __tablename__ = "users"
     __table_args__ = NO_ID_REUSE
@@ -276,6 +289,8 @@ class User(Base):
     role: Mapped[Role] = mapped_column(_enum(Role, "user_role"))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    #: set for a new first-start admin and after an admin resets the password: change it at sign-in
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
@@ -400,3 +415,36 @@ class LoginThrottle(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     blocked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class DuplicateDismissal(Base):
+    """Staff said two children are not the same child: the pair leaves the duplicates report for good.
+
+    Stored with the smaller child id first; goes with either child (erasure).
+    """
+
+    __tablename__ = "duplicate_dismissals"
+    __table_args__ = (
+        UniqueConstraint("child_a_id", "child_b_id", name="uq_duplicate_dismissals_pair"),
+        NO_ID_REUSE,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    child_a_id: Mapped[int] = mapped_column(ForeignKey("children.id", ondelete="CASCADE"), index=True)
+    child_b_id: Mapped[int] = mapped_column(ForeignKey("children.id", ondelete="CASCADE"), index=True)
+    dismissed_by: Mapped[str] = mapped_column(String(200))
+    dismissed_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class RuntimeSetting(Base):
+    """A setting an admin changed at run time (thresholds): overrides the process's Settings value.
+
+    Every API process reads these when the audit feed shows a `settings.changed` event.
+    """
+
+    __tablename__ = "runtime_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from childface.db.models import AuditEvent
+from childface.db.models import AuditEvent, AuditEventChild
 from childface.private_files import private_dir, private_sqlite_file
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,14 @@ class UnitOfWork:
         before: dict[str, Any] | None = None,
         after: dict[str, Any] | None = None,
         face_ids: list[int] | None = None,
+        child_ids: Iterable[int] = (),
     ) -> AuditEvent:
+        """Append the unit's one event; `child_ids` adds children it concerns beyond those it names.
+
+        The event is recorded under every child it concerns (`audit_event_children`):
+        `child_id`, a child target, the previous owner in `before["child_id"]`, the
+        children in `after["child_ids"]`, and `child_ids`.
+        """
         if self.event is not None:
             raise RuntimeError(f"unit of work already audited as {self.event.action!r}")
         self.event = AuditEvent(
@@ -81,7 +88,31 @@ class UnitOfWork:
             face_ids=sorted(set(face_ids)) if face_ids else None,
         )
         self.session.add(self.event)
+        self.session.flush()
+        concerned = _concerned_children(child_ids, child_id, target_type, target_id, before, after)
+        self.session.add_all(AuditEventChild(seq=self.event.seq, child_id=c) for c in sorted(concerned))
         return self.event
+
+
+def _concerned_children(
+    extra: Iterable[int],
+    child_id: int | None,
+    target_type: str,
+    target_id: object,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> set[int]:
+    concerned = {int(c) for c in extra}
+    if child_id is not None:
+        concerned.add(child_id)
+    if target_type == "child" and target_id is not None and str(target_id).isdigit():
+        concerned.add(int(str(target_id)))
+    if before and isinstance(before.get("child_id"), int):
+        concerned.add(before["child_id"])
+    if after:
+        concerned.update(c for c in after.get("child_ids") or () if isinstance(c, int))
+    return concerned
+
 
 
 def _sqlite_file(url: str) -> Path | None:
