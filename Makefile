@@ -13,16 +13,17 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # torch first: 2.13.0 is the CPU wheel on this machine's disk (a plain `torch` would pull a CUDA build).
+# The sample photos of `childface example-dataset` come with it: scikit-image's astronaut and
+# insightface's images (its wheel is used only for its data files, so none of its runtime
+# dependencies are installed).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[postgres]'
+	$(BIN)/python -m pip install -q -e '.[postgres,examples]'
+	$(BIN)/python -m pip install -q --no-deps insightface==2.1
 	touch $@
 
-# Test extras, plus insightface's sample photos (its wheel is used only for its data files, so
-# none of its runtime dependencies are installed).
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
-	$(BIN)/python -m pip install -q --no-deps insightface==2.1
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,examples]'
 	touch $@
 
 install: $(VENV)/.installed

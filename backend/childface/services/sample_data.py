@@ -3,7 +3,7 @@
 Nothing here is committed to the repository: the photos come from
 insightface's wheel (`t1.jpg`, a group photo of six people; `Tom_Hanks_54745.png`;
 `mask_*.jpg`, fabric without a face) and scikit-image (`astronaut`), both
-installed by `make install-dev`. Faces are located with our own detector, so
+installed by `make run` and `make test`. Faces are located with our own detector, so
 the crops follow the photos rather than hard-coded coordinates.
 
 - `build_example_dataset`: a small CSV + photos a newcomer imports in a minute;
@@ -56,7 +56,8 @@ def _insightface_images() -> Path:
         import insightface
     except ImportError:
         raise InvalidInput(
-            "the sample photos come from the insightface package (installed by `make install-dev`)"
+            "the sample photos come from the insightface package: `make install` installs it "
+            "(pip install --no-deps insightface==2.1)"
         ) from None
     return Path(insightface.__file__).parent / "data" / "images"
 
@@ -82,7 +83,8 @@ def load_sample_photos(detector) -> SamplePhotos:  # noqa: ANN001 - any object w
         from skimage import data as skimage_data
     except ImportError:
         raise InvalidInput(
-            "the astronaut photo comes from scikit-image (installed by `make install-dev`)"
+            "the astronaut photo comes from scikit-image: `make install` installs it "
+            "(pip install 'childface[examples]')"
         ) from None
     folder = _insightface_images()
     group = _read_rgb(folder / "t1.jpg")
