@@ -1058,6 +1058,36 @@ def start_run(*, db: Database, actor: Actor, source_name: str, plan: ImportPlan)
     raise Conflict(f"another import is running{detail}; wait for it to finish", code="import_running")
 
 
+def _running_runs(db: Database) -> list[Any]:
+    with db.session() as session:
+        return list(session.execute(
+            select(ImportRun.id, ImportRun.owner, ImportRun.heartbeat_at, ImportRun.started_at)
+            .where(ImportRun.status == ImportStatus.running)
+        ))
+
+
+def _interruption(owner: str | None, beat: datetime | None, started: datetime,
+                  cutoff: datetime) -> tuple[str, Any] | None:
+    """Why a running run counts as interrupted (its error text and the condition that must still hold
+    when it is marked), or None while its process may still be at work."""
+    last = beat or started
+    if owner_alive(owner, started) is False:
+        return (f"interrupted: the importing process {owner} is no longer running",
+                ImportRun.owner == owner)
+    if last < cutoff:
+        return (f"interrupted: no sign of life from {owner or 'the importing process'} since "
+                f"{last:%Y-%m-%d %H:%M:%S} UTC",
+                or_(ImportRun.heartbeat_at.is_(None), ImportRun.heartbeat_at < cutoff))
+    return None
+
+
+def interrupted_runs(db: Database, *, stale_after_s: float) -> list[int]:
+    """Runs `fail_interrupted_runs` would mark failed now (read only)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
+    return [run_id for run_id, owner, beat, started in _running_runs(db)
+            if _interruption(owner, beat, started, cutoff) is not None]
+
+
 def fail_interrupted_runs(db: Database, *, stale_after_s: float) -> list[int]:
     """Mark `running` runs whose process is gone as `failed` (`error` "interrupted: ..."); their ids.
 
@@ -1069,23 +1099,12 @@ def fail_interrupted_runs(db: Database, *, stale_after_s: float) -> list[int]:
     """
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=stale_after_s)
-    with db.session() as session:
-        running = list(session.execute(
-            select(ImportRun.id, ImportRun.owner, ImportRun.heartbeat_at, ImportRun.started_at)
-            .where(ImportRun.status == ImportStatus.running)
-        ))
     failed: list[int] = []
-    for run_id, owner, beat, started in running:
-        last = beat or started
-        if owner_alive(owner, started) is False:
-            error = f"interrupted: the importing process {owner} is no longer running"
-            still = ImportRun.owner == owner
-        elif last < cutoff:
-            error = (f"interrupted: no sign of life from {owner or 'the importing process'} since "
-                     f"{last:%Y-%m-%d %H:%M:%S} UTC")
-            still = or_(ImportRun.heartbeat_at.is_(None), ImportRun.heartbeat_at < cutoff)
-        else:
+    for run_id, owner, beat, started in _running_runs(db):
+        verdict = _interruption(owner, beat, started, cutoff)
+        if verdict is None:
             continue
+        error, still = verdict
         try:
             with db.unit_of_work(SYSTEM) as uow:
                 changed = uow.session.execute(

@@ -27,17 +27,14 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
-
 from childface.config import Settings
-from childface.db.models import ImportRun, ImportStatus
 from childface.db.session import Database
 from childface.services import file_journal, importing
 from childface.services.media import MediaStore
-from childface.services.owners import owner_alive, scratch_owner_alive, scratch_tag
+from childface.services.owners import scratch_owner_alive, scratch_tag
 
 log = logging.getLogger(__name__)
 
@@ -159,16 +156,7 @@ def recover(*, settings: Settings, db: Database, media: MediaStore, apply: bool 
 
 def interrupted_runs(db: Database) -> list[int]:
     """Runs `fail_interrupted_runs` would mark failed now (the same rule, read only)."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=importing.STALE_AFTER_S)
-    with db.session() as session:
-        running = session.execute(
-            select(ImportRun.id, ImportRun.owner, ImportRun.heartbeat_at, ImportRun.started_at)
-            .where(ImportRun.status == ImportStatus.running)
-        ).all()
-    return [
-        run_id for run_id, owner, beat, started in running
-        if owner_alive(owner, started) is False or (beat or started) < cutoff
-    ]
+    return importing.interrupted_runs(db, stale_after_s=importing.STALE_AFTER_S)
 
 
 class Housekeeper:
