@@ -50,8 +50,6 @@ import csv
 import io
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +72,7 @@ from childface.db.session import Actor, Database
 from childface.services.children import get_child_row
 from childface.services.errors import InvalidInput
 from childface.services.file_journal import journal_deletions, sweep
-from childface.services.media import MediaStore
+from childface.services.media import MediaStore, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -402,20 +400,4 @@ def _rewrite_report(path: Path, identity: _Identity, face_ids: Collection[int]) 
         return
     buffer = io.StringIO()
     csv.writer(buffer).writerows(kept)
-    _atomic_replace(path, buffer.getvalue().encode("utf-8"))
-
-
-def _atomic_replace(path: Path, data: bytes) -> None:
-    """Write `data` over `path` so a reader sees the old file or the new one, with the old mode."""
-    mode = path.stat().st_mode & 0o777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, buffer.getvalue().encode("utf-8"))

@@ -99,7 +99,7 @@ class MediaStore:
         sha, relative = self.locate(data)
         path = self.absolute(relative)
         if not path.exists():
-            _atomic_write(path, data)
+            atomic_write(path, data)
         return sha, relative
 
     def read(self, relative: str) -> bytes:
@@ -121,7 +121,11 @@ class MediaStore:
         return True
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so a reader (or a crash) sees the old file or the new one, never half.
+
+    The temp file carries the writer's `scratch_tag`, so crash recovery can tell whose it is.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{scratch_tag()}", suffix=".tmp", dir=path.parent)
     try:
