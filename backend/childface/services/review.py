@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from childface.db.models import Child, ChildStatus, Face, ImageSource, ReviewItem, ReviewState, ReviewStatus
 from childface.db.session import Actor
@@ -39,6 +40,18 @@ if TYPE_CHECKING:
     from childface.vision.pipeline import DetectedFace
 
 ACTIONS = ("confirm", "assign", "new_child", "dismiss")
+
+
+def _children_still_there(
+    session: Session, faces: list[tuple[DetectedFace, list[ChildCandidate]]]
+) -> set[int]:
+    """The proposed children that still exist, share-locked: an erasure that committed after the
+    search (which read the index before this transaction) must not be proposed again."""
+    proposed = sorted({c.child_id for _, candidates in faces for c in candidates})
+    if not proposed:
+        return set()
+    query = select(Child.id).where(Child.id.in_(proposed)).with_for_update(read=True)
+    return set(session.scalars(query))
 
 
 def queue_for_review(
@@ -65,7 +78,14 @@ def queue_for_review(
                 session = uow.session
                 item_ids: list[int | None] = []
                 face_ids: list[int] = []
-                for detected, candidates in faces:
+                alive = _children_still_there(session, faces)
+                for detected, found in faces:
+                    candidates = [c for c in found if c.child_id in alive]
+                    if found and not candidates:
+                        # every child it was proposed for was erased since the search: most likely that
+                        # child's face, and erasure must leave nothing of it
+                        item_ids.append(None)
+                        continue
                     try:
                         face = persist_face(
                             session,

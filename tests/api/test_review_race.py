@@ -1,0 +1,51 @@
+"""A recognition that searched before an erasure committed must not queue the erased child again."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from childface.db.models import Image, ReviewItem
+from childface.services.enrollment import Photo, decode_photos, read_headers
+from childface.services.erasure import erase_child
+from childface.services.gallery import ChildCandidate
+from childface.services.review import queue_for_review
+
+from .support import TEST_ACTOR, Photos, create_child, enroll
+
+
+def _probe(runtime, data: bytes):  # noqa: ANN001, ANN202 - (Photo, its one detected face)
+    photo = Photo(data=data, filename="probe.jpg")
+    read_headers([photo], runtime.settings)
+    decode_photos([photo], max_pixels=runtime.settings.max_image_pixels)
+    (face,) = runtime.pipeline.process([photo.rgb])[0]
+    return photo, face
+
+
+def test_review_queued_after_an_erasure_drops_the_erased_child(
+    client: TestClient, auth, photos: Photos, runtime  # noqa: ANN001
+) -> None:
+    staff = auth("staff")
+    erased = create_child(client, staff, "R-1", "Rosa")
+    kept = create_child(client, staff, "R-2", "Remy")
+    erased_face = enroll(client, staff, erased, photos.person(0, 0))["photos"][0]["enrolled_face_id"]
+    kept_face = enroll(client, staff, kept, photos.person(1, 0))["photos"][0]["enrolled_face_id"]
+    # the search ran before the erasure: its candidates still name the erased child
+    only_erased = [ChildCandidate(erased, 0.93, erased_face, 1)]
+    both = [ChildCandidate(erased, 0.93, erased_face, 1), ChildCandidate(kept, 0.91, kept_face, 1)]
+    first, first_face = _probe(runtime, photos.person(0, 3))
+    second, second_face = _probe(runtime, photos.person(1, 3))
+    erase_child(db=runtime.db, media=runtime.media, actor=TEST_ACTOR, child_id=erased, confirm="ERASE")
+
+    queued = queue_for_review(runtime=runtime, actor=TEST_ACTOR, photo=first, faces=[(first_face, only_erased)])
+    assert queued == [None]
+    (item_id,) = queue_for_review(
+        runtime=runtime, actor=TEST_ACTOR, photo=second, faces=[(second_face, both)]
+    )
+
+    with runtime.db.session() as session:
+        stored = select(func.count()).select_from(Image).where(Image.sha256 == first.sha256)
+        assert session.scalar(stored) == 0
+        item = session.get(ReviewItem, item_id)
+        assert [c["child_id"] for c in item.candidates] == [kept]
+    assert not list(runtime.media.root.rglob(f"{first.sha256}.*"))
