@@ -37,7 +37,9 @@ def test_review_queued_after_an_erasure_drops_the_erased_child(
     second, second_face = _probe(runtime, photos.person(1, 3))
     erase_child(db=runtime.db, media=runtime.media, actor=TEST_ACTOR, child_id=erased, confirm="ERASE")
 
-    queued = queue_for_review(runtime=runtime, actor=TEST_ACTOR, photo=first, faces=[(first_face, only_erased)])
+    queued = queue_for_review(
+        runtime=runtime, actor=TEST_ACTOR, photo=first, faces=[(first_face, only_erased)]
+    )
     assert queued == [None]
     (item_id,) = queue_for_review(
         runtime=runtime, actor=TEST_ACTOR, photo=second, faces=[(second_face, both)]
