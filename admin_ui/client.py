@@ -68,6 +68,8 @@ def _error(response: requests.Response) -> ApiError:
         code, message = "error", ""
     if response.status_code == 401 and code in {"invalid_token", "unauthorized"}:
         message = "Your session has ended. Please sign in again."
+    elif response.status_code == 403 and code == "password_change_required":
+        message = "Choose a new password first (on the Sign in page)."
     elif response.status_code == 403:
         message = "Your account is not allowed to do this. Ask an administrator."
     elif response.status_code >= 500:

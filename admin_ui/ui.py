@@ -6,14 +6,20 @@ import base64
 import hashlib
 import io
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import streamlit as st
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+from pillow_heif import register_heif_opener
 
 from admin_ui.client import Api, ApiError
 
 T = TypeVar("T")
+
+register_heif_opener(thumbnails=False)  # iPhones' HEIC photos open and show like any other
+#: photo files the upload fields take (what the API reads)
+PHOTO_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "heic", "heif"]
 
 #: the API's reason codes in plain words
 REASONS = {
@@ -31,6 +37,9 @@ REASONS = {
     "duplicate_image": "this photo is already enrolled",
     "child_not_active": "the child is archived",
 }
+#: the browser cookie that keeps staff signed in across reloads: it holds the API session token itself,
+#: so signing out or the session's expiry at the API ends it too (see `restore_session`)
+SESSION_COOKIE = "childface_session"
 DECISION_WORDS = {"match": "Recognised", "review": "Not sure - needs review", "unknown": "Unknown"}
 DECISION_COLOURS = {"match": "#1a9850", "review": "#f39c12", "unknown": "#d73027"}
 
@@ -55,15 +64,71 @@ def can(permission: str) -> bool:
     return bool(current) and permission in current.get("permissions", [])
 
 
-def sign_in(token: str, me: dict[str, Any]) -> None:
+def sign_in(token: str, me: dict[str, Any], expires_at: str | None = None) -> None:
+    """Keep the session for this browser tab; with `expires_at` (ISO time) also in the session cookie."""
     st.session_state.token = token
     st.session_state.user = me
+    st.session_state.session_expires_at = expires_at
     api().token = token
 
 
 def sign_out() -> None:
+    """Forget the session here and in the browser's cookie (the caller ends it at the API)."""
+    token = st.session_state.get("token")
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    # this tab's cookies were read when it connected: that token must not sign anybody in again
+    st.session_state.ended_token = token
+    st.session_state.clear_cookie = True
+
+
+def restore_session() -> None:
+    """Sign in from the session cookie the browser sent (after a reload), if its API session still lives.
+
+    A cookie whose API session ended (sign-out, expiry, password change, deactivation)
+    signs nobody in and is cleared. When the API cannot be reached, the sign-in page
+    shows its error and the cookie stays for the next try.
+    """
+    if user() is not None:
+        return
+    token = st.context.cookies.get(SESSION_COOKIE)
+    if not token or token == st.session_state.get("ended_token"):
+        return
+    try:
+        me = Api(token=token).get("/auth/me")
+    except ApiError as exc:
+        if exc.status == 401:
+            st.session_state.ended_token = token
+            st.session_state.clear_cookie = True
+        return
+    sign_in(token, me)  # the browser holds this cookie already: nothing to write
+
+
+def sync_cookie() -> None:
+    """Write the session cookie after a sign-in, or clear it after a sign-out, in the browser.
+
+    Streamlit cannot set cookies on its HTTP responses, so a small script on the page does:
+    SameSite=Strict, Secure when the page came over https, Max-Age = the API session's
+    remaining life. Scripts cannot set HttpOnly cookies.
+    """
+    token, expires_at = st.session_state.get("token"), st.session_state.get("session_expires_at")
+    if token and expires_at:
+        remaining = datetime.fromisoformat(expires_at) - datetime.now(UTC)
+        _cookie_script(token, max(0, int(remaining.total_seconds())))
+    elif not token and st.session_state.get("clear_cookie"):
+        _cookie_script("", 0)
+
+
+def _cookie_script(value: str, max_age: int) -> None:
+    # the API's tokens are URL-safe base64: no quote, semicolon or angle bracket may reach the script
+    if not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
+        raise ValueError("a session token with unexpected characters")
+    st.html(
+        "<script>document.cookie = "
+        f"'{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age}; SameSite=Strict'"
+        " + (location.protocol === 'https:' ? '; Secure' : '');</script>",
+        unsafe_allow_javascript=True,
+    )
 
 
 def call(action: Callable[[], T], *, success: str | None = None) -> T | None:

@@ -158,3 +158,21 @@ def test_dry_run_of_a_damaged_zip_lists_refused_rows(example_dir: Path, cli_env:
     assert set(reasons) == {f"{n}.jpg" for n in ZIP_ROWS if n != "good"}
     assert reasons["bad-crc.jpg"].startswith("bad-crc.jpg is damaged in the zip")
     assert reasons["encrypted.jpg"].startswith("encrypted.jpg is encrypted in the zip")
+
+
+def test_strict_import_refuses_a_face_unlike_the_child(example_dir: Path, cli_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    assert run_cli("migrate", env=cli_env).returncode == 0
+    csv_path = tmp_path / "strict.csv"
+    # C002's face is committed first (one photo per batch), then turns up among C001's photos
+    csv_path.write_text("child_id,image\nC002,c002/portrait.jpg\nC001,c001/portrait.jpg\n"
+                        "C001,c001/mirrored.jpg\nC001,c002/brighter.jpg\n")
+    report = tmp_path / "strict-report.csv"
+    done = run_cli("import", str(csv_path), "--images", str(example_dir / "images"), "--batch-size", "1",
+                   "--strict", "--json", "--report", str(report), env=cli_env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["imported"], summary["refused"], summary["inconsistent"]) == (3, 1, 1)
+    refused = [r for r in csv.DictReader(report.open()) if r["status"] == "refused"]
+    assert [r["image"] for r in refused] == ["c002/brighter.jpg"]
+    assert refused[0]["reason"].startswith("inconsistent_with_child: ") and "(C002)" in refused[0]["reason"]

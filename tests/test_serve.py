@@ -106,6 +106,19 @@ def test_serve_with_admin_creates_first_admin_and_answers(serve_env: dict[str, s
             timeout=30,
         )
         assert login.status_code == 200, login.text
+        # the first-start password must be replaced before anything else
+        changed = httpx.post(
+            f"http://127.0.0.1:{port}/auth/password",
+            json={"current_password": found.group(1), "new_password": "the admin's own password"},
+            headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+            timeout=30,
+        )
+        assert changed.status_code == 204, changed.text
+        login = httpx.post(
+            f"http://127.0.0.1:{port}/auth/login",
+            json={"username": "admin", "password": "the admin's own password"},
+            timeout=30,
+        )
         token = login.json()["access_token"]
         settings = httpx.get(
             f"http://127.0.0.1:{port}/admin/settings",

@@ -1,46 +1,57 @@
-"""Audit: who changed what and when, filterable, with CSV export."""
+"""Audit: who changed what and when, in words for people, filterable, with CSV export (the API's codes)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import datetime, time
 
 import streamlit as st
 
-from admin_ui import ui
+from admin_ui import describe, ui, widgets
 
 ui.require("read")
 api = ui.api()
 st.title("Audit trail")
-st.caption("Every change to children, photos and faces, and every sign-in key created, in time order.")
+zone, zone_note = widgets.local_zone()
+st.caption("Every change to children, photos and faces, staff accounts, keys and settings, newest first. "
+           + zone_note)
 
+ANY = "Everything"
 f1, f2, f3 = st.columns(3)
-action = f1.text_input("Action (e.g. child.created, face.*)", key="audit_action")
-actor = f2.text_input("Who (e.g. user:anna)", key="audit_actor")
-child_options = ui.children_options(status=None)
-child = f3.selectbox("Child", list(child_options), format_func=child_options.get, index=None,
-                     placeholder="All children", key="audit_child")
+action = f1.selectbox("What", [ANY, *describe.ACTIONS], format_func=lambda c: c if c == ANY else
+                      describe.action_words(c), key="audit_action")
+actor = f2.text_input("Who (a staff user name, or api_key:NAME)", key="audit_actor")
+with f3:
+    child = widgets.find_child("Child (search name or ID)", "audit_child", status=None)
 d1, d2 = st.columns(2)
 since = d1.date_input("From", value=None, key="audit_since")
 until = d2.date_input("Until", value=None, key="audit_until")
+who = actor.strip()
 filters = {
-    "action": action.strip() or None,
-    "actor": actor.strip() or None,
+    "action": None if action == ANY else action,
+    "actor": who if ":" in who or not who else f"user:{who}",
     "child_id": child,
-    "since": datetime.combine(since, time.min, UTC).isoformat() if since else None,
-    "until": datetime.combine(until, time.max, UTC).isoformat() if until else None,
+    # the days as the reader's calendar has them
+    "since": datetime.combine(since, time.min, zone).isoformat() if since else None,
+    "until": datetime.combine(until, time.max, zone).isoformat() if until else None,
 }
 
-page_size = 100
+page_size = 50
 page_number = st.number_input("Page", min_value=1, value=1, step=1, key="audit_page")
 events = ui.call(lambda: api.get("/audit", limit=page_size, offset=(page_number - 1) * page_size, **filters))
 if events:
     st.caption(f"{events['total']} events")
+    items = events["items"]
+    names = widgets.child_names(cid for e in items for cid in describe.children_named(e))
+
+    def name_of(cid: int | None) -> str:
+        return names.get(cid, f"child {cid}") if cid is not None else "nobody"
+
     st.dataframe(
-        [{"When": e["at"][:19].replace("T", " "), "Who": e["actor"], "What": e["action"],
-          "Child": child_options.get(e["child_id"], e["child_id"] or ""),
-          "Details": e["after"] or e["before"] or {}} for e in events["items"]],
+        [{"When": describe.when(e["at"], zone), "Who": describe.actor_words(e["actor"]),
+          "What": describe.action_words(e["action"]),
+          "Child": names.get(e["child_id"], "") if e["child_id"] else "",
+          "Details": describe.sentence(e, name_of)} for e in items],
         hide_index=True, width="stretch", key="audit_table",
-        column_config={"Details": st.column_config.JsonColumn("Details")},
     )
     if st.button("Prepare CSV export", key="audit_export", icon=":material/download:"):
         exported = ui.call(lambda: api.get_bytes("/audit.csv", **filters))

@@ -1,54 +1,110 @@
-"""One child: enrolled faces, remove or move a face, merge a duplicate child in, the child's history."""
+"""One child: details (edit, archive, erase), enrolled faces with their original photos, remove or move a
+face, merge a duplicate child in, and the child's history in words.
+
+The child comes from the Children page (a clicked row), a link (`?child=ID`), or
+the search box here. Times are shown in the browser's time zone (the server's
+when the browser does not say).
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from admin_ui import ui
+from admin_ui import describe, ui, widgets
 
 ui.require("read")
 api = ui.api()
 st.title("Child detail")
+zone, zone_note = widgets.local_zone()
 
-options = ui.children_options(status=None)
-if not options:
-    st.info("No children yet.")
+# a link (?child=ID) opens that child; the page keeps the address in step with the child shown
+linked = st.query_params.get("child")
+if linked and linked.isdigit() and linked != st.session_state.get("detail_link"):
+    st.session_state.child_id = int(linked)
+with st.expander("Find another child", expanded="child_id" not in st.session_state, icon=":material/search:"):
+    found = widgets.find_child("Search name or ID", "detail_find", status=None)
+    if found is not None and found != st.session_state.get("child_id"):
+        st.session_state.child_id = found
+        st.rerun()
+child_id = st.session_state.get("child_id")
+if child_id is None:
+    st.info("Open a child from the Children page, or search for one above.")
     st.stop()
-ids = list(options)
-preselected = st.session_state.get("child_id")
-child_id = st.selectbox("Child", ids, format_func=options.get, key="detail_child",
-                        index=ids.index(preselected) if preselected in ids else 0)
-st.session_state.child_id = child_id
 child = ui.call(lambda: api.get(f"/children/{child_id}"))
 if child is None:
     st.stop()
+st.query_params["child"] = st.session_state.detail_link = str(child_id)
 
 st.header(child["name"])
-facts = st.columns(4)
+facts = st.columns(5)
 facts[0].metric("ID", child["external_id"])
 facts[1].metric("Group", child["group"] or "-")
 facts[2].metric("Photos enrolled", child["n_faces"])
 facts[3].metric("Status", child["status"].capitalize())
+facts[4].metric("Added", describe.when(child["created_at"], zone))
+st.caption(zone_note)
 if child["merged_into_id"]:
-    st.info(f"This child was merged into {options.get(child['merged_into_id'], child['merged_into_id'])}.")
+    into = widgets.child_names([child["merged_into_id"]])[child["merged_into_id"]]
+    st.info(f"This child was merged into {into}.")
 if child["notes"]:
     st.caption(child["notes"])
 
+# ---- edit, archive, erase ---------------------------------------------------------------------------
+if ui.can("write"):
+    with st.expander(f"Edit {child['name']}", icon=":material/edit:"), st.form("child_edit"):
+        name = st.text_input("Name", value=child["name"], key="edit_name")
+        group_name = st.text_input("Group", value=child["group"] or "", key="edit_group")
+        notes = st.text_area("Notes", value=child["notes"] or "", key="edit_notes")
+        if st.form_submit_button("Save changes"):
+            body = {"name": name.strip(), "group": group_name.strip() or None, "notes": notes.strip() or None}
+            if ui.call(lambda: api.patch(f"/children/{child_id}", json=body), success="Saved."):
+                st.rerun()
+    if child["status"] == "active":
+        if st.button(f"Archive {child['name']} (stop recognising)", key="child_archive",
+                     icon=":material/archive:"):
+            ui.call(lambda: api.post(f"/children/{child_id}/archive"), success="Archived.")
+            st.rerun()
+    elif not child["merged_into_id"] and st.button(f"Unarchive {child['name']}", key="child_unarchive",
+                                                   icon=":material/unarchive:"):
+        ui.call(lambda: api.post(f"/children/{child_id}/unarchive"), success="Active again.")
+        st.rerun()
+
+if ui.can("erase"):
+    with st.expander(f"Erase {child['name']} permanently", icon=":material/delete_forever:"):
+        st.warning("Erasing deletes the child, every photo and face of the child, and cannot be undone. "
+                   "The audit trail keeps only a note that the erasure happened.")
+        typed = st.text_input("Type ERASE to confirm", key="erase_confirm")
+        if st.button("Erase permanently", key="erase_button", type="primary", disabled=typed != "ERASE"):
+            result = ui.call(lambda: api.post(f"/children/{child_id}/erase", json={"confirm": "ERASE"}))
+            if result:
+                st.session_state.flash = (f"Erased {child['name']}: {result['faces_deleted']} faces and "
+                                          f"{result['images_deleted']} photos deleted.")
+                st.session_state.pop("child_id", None)
+                st.query_params.clear()
+                st.switch_page(st.session_state.pages["children"])
+
 # ---- faces ------------------------------------------------------------------------------------
-st.subheader("Enrolled faces")
+st.subheader("Faces")
 faces = ui.call(lambda: api.get(f"/children/{child_id}/faces")) or []
 if not faces:
     st.info("No faces yet: use Enroll to add photos.")
-others = {i: label for i, label in ui.children_options().items() if i != child_id}
+target = None
+if faces and ui.can("write"):
+    target = widgets.find_child("Move faces to (search name or ID)", "move_target", exclude=[child_id])
+target_name = widgets.child_names([target])[target] if target is not None else None
+STATES = {"enrolled": "In use", "pending_review": "Waiting for review", "rejected": "Not used"}
+pictures = widgets.thumbnails(f["id"] for f in faces)
 grid = st.columns(4)
 for n, face in enumerate(faces):
     with grid[n % 4], st.container(border=True):
-        picture = ui.thumbnail(face["id"])
-        if picture:
-            st.image(picture, width="stretch")
-        state = {"enrolled": "In use", "pending_review": "Waiting for review", "rejected": "Not used"}
+        if pictures.get(face["id"]):
+            st.image(pictures[face["id"]], width="stretch")
         quality = face["quality"]["score"]
-        st.caption(f"Face {face['id']} · {state[face['review_state']]} · quality {quality:.2f}")
+        st.caption(f"Face {face['id']} · {STATES[face['review_state']]} · quality {quality:.2f}"
+                   f" · added {describe.when(face['created_at'], zone)}")
+        if st.button("Original photo", key=f"photo_{face['id']}", icon=":material/photo:"):
+            showing = st.session_state.get("show_photo") == face["id"]
+            st.session_state.show_photo = None if showing else face["id"]
         if not ui.can("write"):
             continue
         if st.button("Remove", key=f"remove_{face['id']}", icon=":material/delete:"):
@@ -60,26 +116,32 @@ for n, face in enumerate(faces):
             ):
                 st.session_state.pop("confirm_remove", None)
                 st.rerun()
-        if others:
-            target = st.selectbox("Move to", list(others), format_func=others.get,
-                                  key=f"move_to_{face['id']}", index=None, placeholder="Another child...")
-            if target is not None and st.button("Move", key=f"move_{face['id']}",
-                                                icon=":material/swap_horiz:"):
-                moved = ui.call(lambda face=face, target=target: api.post(
-                    f"/faces/{face['id']}/reassign", json={"child_id": target}),
-                    success=f"Face moved to {others[target]}.")
-                if moved:
-                    st.rerun()
+        if target is not None and st.button(f"Move to {target_name}", key=f"move_{face['id']}",
+                                            icon=":material/swap_horiz:"):
+            moved = ui.call(
+                lambda face=face: api.post(f"/faces/{face['id']}/reassign", json={"child_id": target}),
+                success=f"Face moved to {target_name}.",
+            )
+            if moved:
+                st.rerun()
+
+shown = next((f for f in faces if f["id"] == st.session_state.get("show_photo")), None)
+if shown is not None:
+    st.subheader(f"Original photo of face {shown['id']}")
+    picture = widgets.photo_with_box(shown, f"Face {shown['id']}")
+    if picture is not None:
+        st.image(picture, width="stretch")
 
 # ---- merge ------------------------------------------------------------------------------------
-if ui.can("write") and others and child["status"] == "active":
+if ui.can("write") and child["status"] == "active":
     st.subheader("Merge a duplicate")
     st.caption(f"If a child was enrolled twice, move the other record's faces into {child['name']}. "
                "The other record is archived and points here.")
-    source = st.selectbox("The duplicate record", list(others), format_func=others.get, key="merge_source",
-                          index=None, placeholder="Choose the duplicate...")
+    source = widgets.find_child("The duplicate record (search name or ID)", "merge_source",
+                                exclude=[child_id])
     if source is not None:
-        sure = st.checkbox(f"Yes, {others[source]} is the same child as {child['name']}", key="merge_sure")
+        source_name = widgets.child_names([source])[source]
+        sure = st.checkbox(f"Yes, {source_name} is the same child as {child['name']}", key="merge_sure")
         if st.button("Merge", key="merge_button", type="primary", disabled=not sure):
             merged = ui.call(lambda: api.post(f"/children/{child_id}/merge", json={"source_id": source}))
             if merged:
@@ -90,7 +152,16 @@ if ui.can("write") and others and child["status"] == "active":
 st.subheader("History")
 history = ui.call(lambda: api.get(f"/children/{child_id}/history", limit=200))
 if history and history["items"]:
+    events = history["items"]
+    names = widgets.child_names(cid for e in events for cid in describe.children_named(e) if cid != child_id)
+
+    def name_of(cid: int | None) -> str:
+        return child["name"] if cid == child_id else names.get(cid, "another child") if cid else "nobody"
+
     st.dataframe(
-        [{"When": e["at"], "Who": e["actor"], "What": e["action"]} for e in history["items"]],
+        [{"When": describe.when(e["at"], zone), "Who": describe.actor_words(e["actor"]),
+          "What": describe.action_words(e["action"]), "Details": describe.sentence(e, name_of)}
+         for e in events],
         hide_index=True, width="stretch", key="detail_history",
     )
+    st.caption(f"{history['total']} event(s). {zone_note}")

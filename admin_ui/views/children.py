@@ -1,51 +1,86 @@
-"""Children: find, add, edit, archive, and (administrators only) erase."""
+"""Children: find (search, filter, sort, pages), open one by clicking its row, and add a child.
+
+One API request per page view: the list answer carries what a row shows (the
+enrolled-face count and the face for the picture); the pictures of the rows
+are fetched together and kept for the session. Editing, archiving and erasing
+are on the child's own page.
+"""
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
-from admin_ui import ui
+from admin_ui import ui, widgets
 
 ui.require("read")
 api = ui.api()
 st.title("Children")
 
+SORTS = {"Name": "name", "ID": "external_id", "Date added": "created", "Photos enrolled": "faces"}
+PAGE_SIZES = [25, 50, 100, 200]
+
+
+
+def first_page() -> None:
+    """Another search, filter or order starts at its first page."""
+    st.session_state.children_page = 1
+
+
 search, group, status = st.columns([3, 2, 2])
-query = search.text_input("Search name or ID", key="children_query")
-group_filter = group.text_input("Group", key="children_group")
-status_label = status.selectbox("Status", ["Active", "Archived", "All"], key="children_status")
-status_value = {"Active": "active", "Archived": "archived", "All": None}[status_label]
+query = search.text_input("Search name or ID", key="children_query", on_change=first_page)
+group_filter = group.text_input("Group", key="children_group", on_change=first_page)
+status_label = status.selectbox("Status", ["Active", "Archived", "All"], key="children_status",
+                                on_change=first_page)
+sort_col, order_col, size_col, page_col = st.columns([2, 2, 1, 1])
+sort_label = sort_col.selectbox("Sort by", list(SORTS), key="children_sort", on_change=first_page)
+descending = order_col.selectbox("Order", ["Ascending", "Descending"], key="children_order",
+                                 on_change=first_page) == "Descending"
+page_size = size_col.selectbox("Per page", PAGE_SIZES, index=1, key="children_page_size",
+                               on_change=first_page)
+page_number = page_col.number_input("Page", min_value=1, step=1, key="children_page")
 
-page = ui.call(lambda: api.get("/children", q=query, group=group_filter, status=status_value, limit=200))
+params = {
+    "q": query.strip(),
+    "group": group_filter.strip(),
+    "status": {"Active": "active", "Archived": "archived", "All": None}[status_label],
+    "sort": SORTS[sort_label],
+    "order": "desc" if descending else "asc",
+    "limit": page_size,
+    "offset": (page_number - 1) * page_size,
+}
+page = ui.call(lambda: api.get("/children", **params))
 children = page["items"] if page else []
-if page:
-    st.caption(f"{page['total']} children" + (" (showing the first 200)" if page["total"] > 200 else ""))
 
-
-def first_thumbnail(child_id: int) -> str | None:
-    faces = ui.call(lambda: api.get(f"/children/{child_id}/faces", state="enrolled")) or []
-    return ui.data_url(ui.thumbnail(faces[0]["id"])) if faces else None
-
-
-if children:
+if page and page["total"] and not children:
+    st.info(f"There are {math.ceil(page['total'] / page_size)} page(s) of results: choose an earlier page.")
+elif children:
+    first = params["offset"] + 1
+    pages = math.ceil(page["total"] / page_size)
+    last = first + len(children) - 1
+    st.caption(f"Children {first}-{last} of {page['total']} · page {page_number} of {pages}"
+               " · click a row to open the child")
+    pictures = widgets.thumbnails(c["thumbnail_face_id"] for c in children)
     rows = [
-        {"Photo": first_thumbnail(c["id"]) if c["n_faces"] else None, "Name": c["name"],
+        {"Photo": ui.data_url(pictures.get(c["thumbnail_face_id"])), "Name": c["name"],
          "ID": c["external_id"], "Group": c["group"] or "", "Photos enrolled": c["n_faces"],
          "Status": c["status"]}
         for c in children
     ]
-    st.dataframe(rows, hide_index=True, width="stretch", key="children_table",
-                 column_config={"Photo": st.column_config.ImageColumn("Photo", width="small")})
-    labels = {c["id"]: f"{c['name']} ({c['external_id']})" for c in children}
-    chosen = st.selectbox("Child", list(labels), format_func=labels.get, key="children_pick")
-    if st.button("Open child", key="children_open", icon=":material/badge:"):
-        st.session_state.child_id = chosen
+    # a fresh table key after each opening: coming back must not reopen the last child
+    table_key = f"children_table_{st.session_state.setdefault('children_table_n', 0)}"
+    chosen = st.dataframe(
+        rows, hide_index=True, width="stretch", key=table_key, on_select="rerun", selection_mode="single-row",
+        column_config={"Photo": st.column_config.ImageColumn("Photo", width="small")},
+    )
+    selected = chosen.selection.rows if chosen is not None else []
+    if selected:
+        st.session_state.child_id = children[selected[0]]["id"]
+        st.session_state.children_table_n += 1
         st.switch_page(st.session_state.pages["child"])
 elif page is not None:
     st.info("No children match. Add one below, or use Import for a whole list.")
-    chosen = None
-else:
-    chosen = None
 
 if ui.can("enroll"):
     with st.expander("Add a child", expanded=not children, icon=":material/person_add:"), \
@@ -64,35 +99,3 @@ if ui.can("enroll"):
                 if created:
                     st.session_state.flash = f"Added {created['name']}. Now enroll photos of the child."
                     st.rerun()
-
-if chosen is not None and ui.can("write"):
-    child = next(c for c in children if c["id"] == chosen)
-    with st.expander(f"Edit {child['name']}", icon=":material/edit:"), st.form("child_edit"):
-        name = st.text_input("Name", value=child["name"], key="edit_name")
-        group_name = st.text_input("Group", value=child["group"] or "", key="edit_group")
-        notes = st.text_area("Notes", value=child["notes"] or "", key="edit_notes")
-        if st.form_submit_button("Save changes"):
-            body = {"name": name.strip(), "group": group_name.strip() or None, "notes": notes.strip() or None}
-            if ui.call(lambda: api.patch(f"/children/{chosen}", json=body), success="Saved."):
-                st.rerun()
-    if child["status"] == "active":
-        if st.button(f"Archive {child['name']} (stop recognising)", key="child_archive",
-                     icon=":material/archive:"):
-            ui.call(lambda: api.post(f"/children/{chosen}/archive"), success="Archived.")
-            st.rerun()
-    elif st.button(f"Unarchive {child['name']}", key="child_unarchive", icon=":material/unarchive:"):
-        ui.call(lambda: api.post(f"/children/{chosen}/unarchive"), success="Active again.")
-        st.rerun()
-
-if chosen is not None and ui.can("erase"):
-    child = next(c for c in children if c["id"] == chosen)
-    with st.expander(f"Erase {child['name']} permanently", icon=":material/delete_forever:"):
-        st.warning("Erasing deletes the child, every photo and face of the child, and cannot be undone. "
-                   "The audit trail keeps only a note that the erasure happened.")
-        typed = st.text_input("Type ERASE to confirm", key="erase_confirm")
-        if st.button("Erase permanently", key="erase_button", type="primary", disabled=typed != "ERASE"):
-            result = ui.call(lambda: api.post(f"/children/{chosen}/erase", json={"confirm": "ERASE"}))
-            if result:
-                st.session_state.flash = (f"Erased {child['name']}: {result['faces_deleted']} faces and "
-                                          f"{result['images_deleted']} photos deleted.")
-                st.rerun()

@@ -1,14 +1,80 @@
-"""Enroll: choose or add a child, add photos (upload or camera), check the faces, confirm."""
+"""Enroll: choose or add a child, add photos (upload or camera), pick the child's face, confirm.
+
+Nothing is chosen for the person: in a photo with several faces they pick the
+child's face on large numbered crops, and the Enroll button stays disabled
+until every such photo has a choice. Photos without a face are not sent. A
+face the server finds unlike the child's other photos (needs_confirmation) is
+held until the person confirms it ("Enroll anyway") or discards it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import streamlit as st
+from PIL import Image
 
 from admin_ui import ui
+from admin_ui.client import ApiError
 
 ui.require("enroll")
 api = ui.api()
 st.title("Enroll photos")
+
+CHOSEN, OTHER = "#1a9850", "#999999"
+STATUS_WORDS = {"enrolled": "Enrolled", "duplicate": "Already enrolled", "refused": "Not enrolled",
+                "needs_confirmation": "Waiting for your confirmation"}
+
+
+def _raise(exc: ApiError) -> None:
+    raise exc
+
+
+def add_child(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Create the child; a taken ID is said in staff words (the API answers 409 `conflict`)."""
+    try:
+        return api.post("/children", json=body)
+    except ApiError as exc:
+        error = exc
+    if error.status != 409:
+        return ui.call(lambda: _raise(error))  # the usual display (and sign-out when the session ended)
+    external_id = body["external_id"]
+    found = ui.call(lambda: api.get("/children", q=external_id, limit=50)) or {"items": []}
+    owner = next((c for c in found["items"] if c["external_id"] == external_id), None)
+    who = f" ({owner['name']}{', archived' if owner['status'] != 'active' else ''})" if owner else ""
+    st.error(f"A child with the ID '{external_id}' already exists{who}. Choose them under \"Child\" "
+             "below, or check the ID.", icon=":material/error:")
+    return None
+
+
+def crop(data: bytes, box: list[float], size: int = 220) -> Image.Image:
+    """The face with some of its surroundings, large enough to tell people apart."""
+    image = ui.open_image(data)
+    x1, y1, x2, y2 = box
+    pad_x, pad_y = (x2 - x1) * 0.35, (y2 - y1) * 0.35
+    area = (max(0, int(x1 - pad_x)), max(0, int(y1 - pad_y)),
+            min(image.width, int(x2 + pad_x)), min(image.height, int(y2 + pad_y)))
+    face = image.crop(area)
+    scale = size / max(face.size)
+    return face.resize((max(1, round(face.width * scale)), max(1, round(face.height * scale))))
+
+
+def hint_text(box: list[float]) -> str:
+    return ",".join(f"{v:.1f}" for v in box)
+
+
+def child_label(child_id: int) -> str:
+    """'Name (ID)' of a child, or 'another child' when this account cannot see it."""
+    names = st.session_state.setdefault("enroll_child_names", {})
+    if child_id not in names:
+        try:
+            child = api.get(f"/children/{child_id}")
+            names[child_id] = f"{child['name']} ({child['external_id']})"
+        except ApiError:
+            return "another child"
+    return names[child_id]
+
 
 # ---- 1. the child ------------------------------------------------------------------------------
 st.subheader("1. Which child?")
@@ -22,9 +88,8 @@ with st.expander("The child is not in the list: add a new child", expanded=not o
         if not new_id.strip() or not new_name.strip():
             st.error("Enter the child's ID and name.")
         else:
-            body = {"external_id": new_id.strip(), "name": new_name.strip(),
-                    "group": new_group.strip() or None}
-            created = ui.call(lambda: api.post("/children", json=body))
+            created = add_child({"external_id": new_id.strip(), "name": new_name.strip(),
+                                 "group": new_group.strip() or None})
             if created:
                 st.session_state.child_id = st.session_state.enroll_child = created["id"]
                 st.session_state.flash = f"Added {created['name']}."
@@ -36,73 +101,147 @@ if st.session_state.get("enroll_child") not in ids:  # first visit, or the child
     preselected = st.session_state.get("child_id")
     st.session_state.enroll_child = preselected if preselected in ids else ids[0]
 child_id = st.selectbox("Child", ids, format_func=options.get, key="enroll_child")
+child_name = options[child_id].rsplit(" (", 1)[0]
 
 # ---- 2. the photos -------------------------------------------------------------------------------
 st.subheader("2. Photos of the child")
 st.caption("Clear, well-lit photos, face towards the camera. Several photos help recognition.")
-uploads = st.file_uploader("Upload photos", type=["jpg", "jpeg", "png", "webp", "bmp"],
-                           accept_multiple_files=True, key="enroll_files") or []
+# a new generation of widget keys empties the uploader, the camera and the face choices after enrolling
+generation = st.session_state.setdefault("enroll_generation", 0)
+uploads = st.file_uploader("Upload photos", type=ui.PHOTO_TYPES,
+                           accept_multiple_files=True, key=f"enroll_files_{generation}") or []
 use_camera = st.toggle("Use the camera", key="enroll_use_camera")
-camera = st.camera_input("Or take a photo", key="enroll_camera") if use_camera else None
+camera = st.camera_input("Or take a photo", key=f"enroll_camera_{generation}") if use_camera else None
 photos = [(f.name, f.getvalue()) for f in uploads]
 if camera is not None:
     photos.append(("camera.jpg", camera.getvalue()))
-if not photos:
-    st.stop()
 
 # ---- 3. check: faces found, quality, which face is the child -----------------------------------------
-st.subheader("3. Check the faces")
-hints: dict[int, list[float]] = {}
-problems = 0
-columns = st.columns(min(3, len(photos)))
+sendable: list[tuple[str, bytes, list[float] | None]] = []  # (name, photo, hint box) in upload order
+unchosen = 0
+if photos:
+    st.subheader("3. Check the faces")
 for i, (name, data) in enumerate(photos):
-    with columns[i % len(columns)]:
-        found = ui.detect(name, data)
-        if found is None:
-            problems += 1
-            continue
-        faces = found["faces"]
-        boxes = [(f["box"], str(n + 1), "#1a9850" if f["quality"]["passed"] else "#d73027")
-                 for n, f in enumerate(faces)]
-        st.image(ui.draw_boxes(data, boxes), caption=name, width="stretch")
+    found = ui.detect(name, data)
+    if found is None:  # the API said why (ui.call showed it)
+        continue
+    faces = found["faces"]
+    with st.container(border=True):
         if not faces:
-            st.error("No face found in this photo.")
-            problems += 1
+            left, right = st.columns([1, 2])
+            left.image(ui.open_image(data), width="stretch")
+            right.markdown(f"**{name}**")
+            right.error("No face found in this photo. It will not be sent.")
+            continue
+        verdicts = [("good" if f["quality"]["passed"] else ui.reasons_text(f["quality"]["reasons"]))
+                    for f in faces]
+        if len(faces) == 1:
+            left, right = st.columns([1, 2])
+            left.image(ui.draw_boxes(data, [(faces[0]["box"], "1", CHOSEN)]), width="stretch")
+            right.markdown(f"**{name}**")
+            right.write(f"Face 1: {verdicts[0]}")
+            sendable.append((name, data, None))
+            continue
+        st.markdown(f"**{name}: {len(faces)} faces. Which one is {child_name}?**")
+        pick_key = f"enroll_pick_{generation}_{i}"
+        chosen = st.session_state.get(pick_key)
+        boxes = [(f["box"], f"{n + 1}", CHOSEN if n == chosen else OTHER) for n, f in enumerate(faces)]
+        st.image(ui.draw_boxes(data, boxes), width="stretch")
+        columns = st.columns(min(len(faces), 6))
         for n, face in enumerate(faces):
-            verdict = "good" if face["quality"]["passed"] else ui.reasons_text(face["quality"]["reasons"])
-            st.write(f"Face {n + 1}: {verdict}")
-        if len(faces) > 1:
-            pick = st.selectbox("Which face is the child?", list(range(len(faces))),
-                                format_func=lambda n: f"Face {n + 1}", key=f"enroll_pick_{i}_{name}")
-            hints[i] = faces[pick]["box"]
+            columns[n % len(columns)].image(crop(data, face["box"]), caption=f"Face {n + 1}: {verdicts[n]}",
+                                            width="stretch")
+        pick = st.radio(f"Which face is {child_name}?", list(range(len(faces))), index=None,
+                        format_func=lambda n: f"Face {n + 1}", horizontal=True, key=pick_key)
+        if pick is None:
+            unchosen += 1
+            st.info("Choose the child's face to enroll this photo.", icon=":material/touch_app:")
+        else:
+            sendable.append((name, data, faces[pick]["box"]))
+
+
+def send(batch: list[tuple[str, bytes, list[float] | None]], child: int, name: str, *,
+         confirm: bool = False) -> list[dict[str, Any]]:
+    """Enroll these photos for child `child` (called `name`): one request per photo with a hint box
+    (a box belongs to its photo), one for the rest. The results in order, each with its photo."""
+    plain = [p for p in batch if p[2] is None]
+    requests = [[p] for p in batch if p[2] is not None] + ([plain] if plain else [])
+    results: list[dict[str, Any]] = []
+    for request in requests:
+        hints = [hint_text(p[2]) for p in request if p[2] is not None]
+        form: dict[str, Any] = {"hint_box": hints} if hints else {}
+        if confirm:
+            form["confirm"] = "true"
+        answer = ui.call(lambda request=request, form=form: api.post(
+            f"/children/{child}/images", files=[("files", (n, d)) for n, d, _ in request], data=form or None))
+        if answer:
+            results += [{"name": n, "data": d, "hint": h, "child_id": child, "child": name, **r}
+                        for (n, d, h), r in zip(request, answer["photos"], strict=True)]
+    return results
+
 
 # ---- 4. confirm ----------------------------------------------------------------------------------
-st.subheader("4. Confirm")
-if st.button(f"Enroll {len(photos)} photo(s) for {options[child_id]}", type="primary", key="enroll_submit"):
-    if hints:  # a hint box belongs to its photo: one request per photo keeps them paired
-        batches = [([photos[i]], [",".join(f"{v:.1f}" for v in hints[i])] if i in hints else [])
-                   for i in range(len(photos))]
-    else:
-        batches = [(photos, [])]
-    results = []
-    with st.spinner("Enrolling..."):
-        for batch, hint in batches:
-            answer = ui.call(lambda batch=batch, hint=hint: api.post(
-                f"/children/{child_id}/images", files=[("files", (n, d)) for n, d in batch],
-                data={"hint_box": hint} if hint else None))
-            if answer:
-                results += list(zip(batch, answer["photos"], strict=True))
-    enrolled = sum(r["status"] == "enrolled" for _, r in results)
-    if results:
-        (st.success if enrolled else st.warning)(f"{enrolled} of {len(results)} photo(s) enrolled.")
-    for (name, data), result in results:
-        chosen = result.get("enrolled_face_id")
-        boxes = [(f["box"], "enrolled" if f.get("face_id") == chosen and chosen else "", "#1a9850"
-                  if f.get("enrolled") else "#999999") for f in result["faces"]]
-        with st.container(border=True):
-            left, right = st.columns([1, 2])
-            left.image(ui.draw_boxes(data, boxes), width="stretch")
-            status = {"enrolled": "Enrolled", "duplicate": "Already enrolled", "refused": "Not enrolled"}
-            right.markdown(f"**{name}: {status[result['status']]}**")
-            if result["status"] != "enrolled":
-                right.write(ui.reasons_text(result["reasons"]) or result["message"])
+if photos:
+    st.subheader("4. Confirm")
+    count = len(sendable) + unchosen  # every photo with a face; photos without one are not sent
+    label = f"Enroll {count} photo{'' if count == 1 else 's'} for {child_name}"
+    if unchosen:
+        st.caption(f"Choose {child_name}'s face in every photo with several faces first "
+                   f"({unchosen} left).")
+    elif not count:
+        st.caption("None of these photos has a face to enroll.")
+    if st.button(label, type="primary", key="enroll_submit", disabled=bool(unchosen) or not count):
+        with st.spinner("Enrolling..."):
+            results = send(sendable, child_id, child_name)
+        if results:
+            st.session_state.enroll_results = results
+            st.session_state.enroll_generation = generation + 1
+            st.rerun()
+
+# ---- the last enrollment's results, and faces waiting for a confirmation ---------------------------------
+results: list[dict[str, Any]] = st.session_state.get("enroll_results", [])
+if results:
+    st.subheader("Result")
+    enrolled = sum(r["status"] == "enrolled" for r in results)
+    plural = "" if len(results) == 1 else "s"
+    (st.success if enrolled == len(results) else st.warning)(
+        f"{enrolled} of {len(results)} photo{plural} enrolled for {results[0]['child']}.")
+for k, result in enumerate(results):
+    chosen_id = result.get("enrolled_face_id")
+    boxes = [(f["box"], "", CHOSEN if f.get("face_id") == chosen_id and chosen_id else OTHER)
+             for f in result["faces"]]
+    with st.container(border=True):
+        left, right = st.columns([1, 2])
+        left.image(ui.draw_boxes(result["data"], boxes), width="stretch")
+        right.markdown(f"**{result['name']}: {STATUS_WORDS[result['status']]}**")
+        if result["status"] in {"duplicate", "refused"}:
+            duplicate = result["status"] == "duplicate"
+            said = result["message"] if duplicate else ui.reasons_text(result["reasons"])
+            right.write(said[:1].upper() + said[1:] + ".")
+        if result["status"] != "needs_confirmation":
+            continue
+        check = result["consistency"]
+        if check["other_child_id"] is not None and check["rule"] == "closer_to_other_child":
+            right.warning(
+                f"This face looks more like {child_label(check['other_child_id'])} than like "
+                f"{result['child']}: similarity {check['other_score']:.2f} to that child's photos, "
+                f"{check['own_score']:.2f} to {result['child']}'s (1.00 = identical).",
+                icon=":material/warning:")
+        else:
+            right.warning(
+                f"This face looks unlike {result['child']}'s other photos: similarity "
+                f"{check['own_score']:.2f}; photos of one child usually score above "
+                f"{check['threshold']:.2f} (1.00 = identical).",
+                icon=":material/warning:")
+        key = hashlib.sha256(result["data"]).hexdigest()[:16]
+        sure = right.checkbox(f"I have checked: this is {result['child']}", key=f"enroll_sure_{key}")
+        yes, no = right.columns(2)
+        if yes.button("Enroll anyway", key=f"enroll_anyway_{key}", disabled=not sure, type="primary"):
+            photo = (result["name"], result["data"], result["hint"])
+            again = send([photo], result["child_id"], result["child"], confirm=True)
+            if again:
+                results[k] = again[0]
+                st.rerun()
+        if no.button("Don't enroll", key=f"enroll_discard_{key}"):
+            results[k] = {**result, "status": "refused", "reasons": ["not_confirmed"]}
+            st.rerun()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 
 import streamlit as st
@@ -26,10 +28,50 @@ def files() -> dict[str, tuple[str, bytes]]:
 ACTIONS = {"import": "will be imported", "done": "already imported", "duplicate": "duplicate",
            "refused": "cannot be imported"}
 
+
+def report_rows(run_id: int) -> dict[int, dict[str, str]]:
+    """The run's outcome of every CSV line, from its report."""
+    report = ui.call(lambda: api.get_bytes(f"/imports/{run_id}/report"))
+    if not report:
+        return {}
+    return {int(r["line"]): r for r in csv.DictReader(io.StringIO(report.decode("utf-8")))}
+
+
+def show_result(run: dict, plan: dict | None) -> None:
+    """The run's counts in the check's terms, and every row whose outcome differs from the check."""
+    c = run["counts"]
+    already = c.get("already_imported", 0)
+    metrics = st.columns(5)
+    metrics[0].metric("Rows", c.get("rows", run["total"]))
+    metrics[1].metric("Imported", c.get("imported", 0) - already)
+    metrics[2].metric("Already imported", already)
+    metrics[3].metric("Duplicates", c.get("duplicate", 0))
+    metrics[4].metric("Cannot import", c.get("refused", 0))
+    message = (f"Import finished: {c.get('imported', 0) - already} imported, "
+               + (f"{already} already imported, " if already else "")
+               + f"{c.get('duplicate', 0)} duplicates, {c.get('refused', 0)} could not be imported, "
+               f"{c.get('children_created', 0)} new children.")
+    (st.success if run["status"] == "finished" else st.error)(
+        message if run["status"] == "finished" else "The import stopped early. " + message)
+    if not plan or not run["report_available"]:
+        return
+    outcomes = report_rows(run["id"])
+    expected = {"import": "imported", "done": "imported", "duplicate": "duplicate", "refused": "refused"}
+    differs = [(r, outcomes[r["line"]]) for r in plan["rows"]
+               if r["line"] in outcomes and outcomes[r["line"]]["status"] != expected[r["action"]]]
+    if differs:
+        st.info("The check reads the CSV and the photos' sizes; faces are looked at during the import. "
+                f"{len(differs)} row(s) ended differently from the check:")
+        st.dataframe([{"Line": r["line"], "Child": r["child_id"], "Photo": r["image"],
+                       "Check": ACTIONS[r["action"]], "Import": o["status"], "Why": o["reason"]}
+                      for r, o in differs], hide_index=True, width="stretch", key="import_differences")
+
+
 if csv_file is not None and zip_file is not None:
     if st.button("Check", key="import_check", icon=":material/fact_check:"):
         with st.spinner("Checking every row..."):
             st.session_state.import_plan = ui.call(lambda: api.post("/imports/check", files=files()))
+            st.session_state.import_result = None
     plan = st.session_state.get("import_plan")
     if plan:
         counts = plan["counts"]
@@ -57,15 +99,13 @@ if csv_file is not None and zip_file is not None:
                     time.sleep(0.5)
                     run = ui.call(lambda run=run: api.get(f"/imports/{run['id']}"))
                 if run:
-                    bar.progress(1.0, text="Done")
+                    # the plan is spent: run again without it, so no stale "Import N row(s)" button remains
                     st.session_state.import_plan = None
-                    st.session_state.last_import = run["id"]
-                    c = run["counts"]
-                    message = (f"Import finished: {c.get('imported', 0)} imported, {c.get('duplicate', 0)} "
-                               f"duplicates, {c.get('refused', 0)} could not be imported, "
-                               f"{c.get('children_created', 0)} new children.")
-                    (st.success if run["status"] == "finished" else st.error)(
-                        message if run["status"] == "finished" else "The import stopped early. " + message)
+                    st.session_state.import_result = {"run": run, "plan": plan}
+                    st.rerun()
+result = st.session_state.get("import_result")
+if result:
+    show_result(result["run"], result["plan"])
 
 st.subheader("Recent imports")
 runs = ui.call(lambda: api.get("/imports", limit=10)) or []

@@ -6,12 +6,20 @@ import streamlit as st
 
 from admin_ui import ui
 
+#: why a face that needs review is not on the review list (the API's `review_not_queued_reason`)
+NOT_QUEUED = {
+    "already_enrolled": "Not added to the review list: this photo is already enrolled for a child.",
+    "already_decided": "Not added to the review list: this face of this photo was reviewed before.",
+    "not_requested": "Not added to the review list (not requested).",
+    "candidates_erased": "Not added to the review list: the child it looked like was erased meanwhile.",
+}
+
 ui.require("recognize")
 api = ui.api()
 st.title("Recognise")
 st.caption("A quick check: upload a photo and see who the system recognises.")
 
-upload = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "webp", "bmp"], key="recognise_file")
+upload = st.file_uploader("Photo", type=ui.PHOTO_TYPES, key="recognise_file")
 camera = st.camera_input("Or take a photo", key="recognise_camera") if st.toggle(
     "Use the camera", key="recognise_use_camera") else None
 photo = upload or camera
@@ -59,3 +67,5 @@ for n, face in enumerate(faces):
                           for c in face["candidates"]], hide_index=True, key=f"recognise_candidates_{n}")
         if face.get("review_id"):
             st.caption("Added to the review list for a person to decide.")
+        elif face.get("review_queued") is False:
+            st.caption(NOT_QUEUED.get(face.get("review_not_queued_reason"), "Not added to the review list."))

@@ -13,6 +13,89 @@ api = ui.api()
 st.title("Settings")
 model_tab, keys_tab, users_tab = st.tabs(["Recognition", "API keys", "Staff accounts"])
 
+THRESHOLDS = {  # setting -> (label, help, (lowest, highest) allowed)
+    "accept_threshold": ("Recognised when similarity is at least",
+                         "A face counts as a child when it is at least this similar to the child's photos.",
+                         (-1.0, 1.0)),
+    "review_threshold": ("Sent to review when at least",
+                         "Below the recognition level but at least this similar: a person decides.",
+                         (-1.0, 1.0)),
+    "match_margin": ("Lead over the next child needed",
+                     "The best child must be this much more similar than the next one, else: review.",
+                     (0.0, 2.0)),
+    "top_k": ("Candidates shown per face", "How many possible children a recognition lists.", (1, 100)),
+}
+
+
+def saved(body: dict, success: str) -> None:
+    """Send threshold changes; on success show the values now in force (the inputs start afresh)."""
+    if ui.call(lambda: api.patch("/admin/settings", json=body), success=success):
+        for key in THRESHOLDS:
+            st.session_state.pop(f"setting_{key}", None)
+        st.rerun()
+
+
+def thresholds_form(current: dict) -> None:
+    """The decision thresholds, changeable here; in force at once on every server (no restart)."""
+    st.markdown("**Decision thresholds** (similarity between 0 and 1)")
+    changed, configured = current["changed"], current["configured"]
+    with st.form("thresholds"):
+        values = {}
+        for key, (label, help_text, (low, high)) in THRESHOLDS.items():
+            note = ""
+            if key in changed:
+                note = (f" · changed by {changed[key]['updated_by'].split(':', 1)[-1]}, "
+                        f"configured {configured[key]}")
+            whole = isinstance(low, int)
+            value = int(current[key]) if whole else float(current[key])
+            values[key] = st.number_input(label + note, min_value=low, max_value=high, value=value,
+                                          step=1 if whole else 0.001, format="%d" if whole else "%.3f",
+                                          help=help_text, key=f"setting_{key}")
+        if st.form_submit_button("Save thresholds", icon=":material/save:"):
+            body = {k: v for k, v in values.items() if v != current[k]}
+            if not body:
+                st.info("Nothing changed.")
+            else:
+                saved(body, "Thresholds saved: every server uses them from its next recognition.")
+    if changed and st.button("Back to the configured values", key="settings_reset",
+                             help=", ".join(f"{k.replace('_', ' ')} {configured[k]}" for k in changed)):
+        saved(dict.fromkeys(changed), "Thresholds set back to the server's configured values.")
+
+
+def face_pairs(pairs: list[dict]) -> list[dict]:
+    return [{"Face": p["face_a"], "Child": p["child_a"], "Other face": p["face_b"],
+             "Other child": p["child_b"], "Similarity": p["score"]} for p in pairs]
+
+
+def calibration_details(report: dict) -> None:
+    """Which faces drive the proposal: the faces left out, the closest pairs of different children,
+    the least similar pairs of one child (ids as on the child pages)."""
+    suspects = report.get("suspect_faces", [])
+    if suspects:
+        st.warning(f"{len(suspects)} face(s) look more like another child than like their own child's other "
+                   "photos. They were left out of the proposal: check that each is enrolled under the right "
+                   "child.")
+        for suspect in suspects:
+            cols = st.columns([1, 1, 4])
+            for col, face_id in zip(cols, (suspect["face_id"], suspect["other_face_id"]), strict=False):
+                picture = ui.thumbnail(face_id)
+                if picture:
+                    col.image(picture, caption=f"Face {face_id}", width=96)
+            cols[2].markdown(
+                f"Face {suspect['face_id']} of child {suspect['child_id']} is {suspect['other_score']} "
+                f"similar to face {suspect['other_face_id']} of child {suspect['other_child_id']}, but at "
+                f"most {suspect['own_score']} to its own child's other photos.")
+    drivers = report.get("drivers")
+    if drivers:
+        with st.expander("Faces that set the proposal"):
+            st.caption("Most similar faces of different children (they set the recognition level):")
+            st.dataframe(face_pairs(drivers["top_impostor"]), hide_index=True, width="stretch",
+                         key="calibration_top_impostor")
+            st.caption("Least similar photos of one child (they decide how many real matches pass):")
+            st.dataframe(face_pairs(drivers["lowest_genuine"]), hide_index=True, width="stretch",
+                         key="calibration_lowest_genuine")
+
+
 with model_tab:
     current = ui.call(lambda: api.get("/admin/settings"))
     if current:
@@ -21,12 +104,7 @@ with model_tab:
         cols[1].metric("Faces in the search index", current["gallery_faces"] or 0)
         cols[2].metric("Runs on", current["device"])
         st.caption(f"Model id {current['model_id']} · detector {current['detector']}")
-        st.markdown("**Decision thresholds** (similarity between 0 and 1)")
-        st.table([
-            {"Setting": "Recognised when similarity is at least", "Value": current["accept_threshold"]},
-            {"Setting": "Sent to review when at least", "Value": current["review_threshold"]},
-            {"Setting": "Lead over the next child needed", "Value": current["match_margin"]},
-        ])
+        thresholds_form(current)
         with st.expander("Photo quality rules"):
             st.table([{"Rule": k.replace("_", " "), "Value": v} for k, v in current["quality"].items()])
     st.subheader("Calibration")
@@ -50,8 +128,11 @@ with model_tab:
                        delta=round(report["proposed"]["review"] - report["current"]["review"], 4))
         for note in report.get("notes", []):
             st.info(note)
-        st.caption("To apply the proposed thresholds, run `childface calibrate --apply` on the server "
-                   "and restart it.")
+        calibration_details(report)
+        proposal = {"accept_threshold": report["proposed"]["accept"],
+                    "review_threshold": report["proposed"]["review"]}
+        if st.button("Use the proposed thresholds", key="calibration_apply", icon=":material/done_all:"):
+            saved(proposal, "Proposed thresholds saved: every server uses them from its next recognition.")
 
 with keys_tab:
     st.caption("Other systems (door terminals, attendance) sign in with an API key.")
@@ -69,6 +150,7 @@ with keys_tab:
             issued = ui.call(lambda: api.post("/admin/api-keys", json=body))
             if issued:
                 st.session_state.issued_key = issued
+                st.rerun()  # the table above reads the keys again: the new one is in it
     issued = st.session_state.pop("issued_key", None)
     if issued:
         st.warning("Copy this key now and store it safely: it will not be shown again.")

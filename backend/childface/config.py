@@ -109,6 +109,14 @@ class Settings(BaseSettings):
         le=2.0,
         description="A match must lead the next child's score by this much, else it goes to review.",
     )
+    consistency_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=2.0,
+        description="Enrollment asks for a confirmation when a new face of a child scores below "
+        "review_threshold minus this against every template the child already has (or when another "
+        "child's templates score higher than the child's own).",
+    )
     top_k: int = Field(default=5, ge=1, le=100)
     child_score: Literal["max", "mean2"] = Field(
         default="max",

@@ -92,8 +92,8 @@ def test_sign_in_enroll_and_recognise_in_chromium(
             page.locator('input[type="file"]').first.set_input_files(str(example.images_dir / "c002" /
                                                                          "portrait.jpg"))
             expect(page.get_by_text("Face 1: good")).to_be_visible()
-            page.get_by_role("button", name=f"Enroll 1 photo(s) for {name}").click()
-            expect(page.get_by_text("1 of 1 photo(s) enrolled.")).to_be_visible()
+            page.get_by_role("button", name=f"Enroll 1 photo for {name}").click()
+            expect(page.get_by_text(f"1 of 1 photo enrolled for {name}.")).to_be_visible()
 
             page.get_by_role("link", name="Recognise").click()
             expect(page.get_by_role("heading", name="Recognise")).to_be_visible()

@@ -51,7 +51,8 @@ def test_login_me_logout(client: TestClient, auth, runtime) -> None:  # noqa: AN
     token = response.json()["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
     me = client.get("/auth/me", headers=headers).json()
-    assert me == {"kind": "user", "name": "viewer", "role": "viewer", "scopes": [], "permissions": ["read"]}
+    assert me == {"kind": "user", "name": "viewer", "role": "viewer", "scopes": [], "permissions": ["read"],
+                  "must_change_password": False}
     assert client.post("/auth/logout", headers=headers).status_code == 204
     assert client.get("/auth/me", headers=headers).status_code == 401
 

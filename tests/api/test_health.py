@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 from fastapi.testclient import TestClient
 
 from childface.api.app import create_app
@@ -11,7 +13,12 @@ def test_healthz_and_readyz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json() == {"ready": True, "checks": {"database": "ok", "models": "ok", "index": "ok"}}
+    assert ready.json() == {
+        "service": "childface",  # a readiness check tells childface from another program on the port
+        "version": metadata.version("childface"),
+        "ready": True,
+        "checks": {"database": "ok", "models": "ok", "index": "ok"},
+    }
 
 
 def test_request_id_is_echoed_or_made(client: TestClient) -> None:

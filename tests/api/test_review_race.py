@@ -40,14 +40,14 @@ def test_review_queued_after_an_erasure_drops_the_erased_child(
     queued = queue_for_review(
         runtime=runtime, actor=TEST_ACTOR, photo=first, faces=[(first_face, only_erased)]
     )
-    assert queued == [None]
-    (item_id,) = queue_for_review(
+    assert [(q.review_id, q.not_queued_reason) for q in queued] == [(None, "candidates_erased")]
+    (second_queued,) = queue_for_review(
         runtime=runtime, actor=TEST_ACTOR, photo=second, faces=[(second_face, both)]
     )
 
     with runtime.db.session() as session:
         stored = select(func.count()).select_from(Image).where(Image.sha256 == first.sha256)
         assert session.scalar(stored) == 0
-        item = session.get(ReviewItem, item_id)
+        item = session.get(ReviewItem, second_queued.review_id)
         assert [c["child_id"] for c in item.candidates] == [kept]
     assert not list(runtime.media.root.rglob(f"{first.sha256}.*"))

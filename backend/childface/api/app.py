@@ -27,10 +27,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from childface.api.rate_limit import AddressRateLimit, RateLimited, client_address
+from childface.api.strict_query import STRICT_QUERY
 from childface.config import Settings, get_settings
 from childface.services.accounts import AccountError
 from childface.services.errors import DomainError
@@ -41,6 +43,8 @@ log = logging.getLogger("childface.api")
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+#: Swagger UI (/docs) and ReDoc (/redoc) load their scripts and styles from here, never from a CDN
+DOCS_ASSETS_URL = "/docs-assets"
 
 _STATUS_CODES = {
     400: "invalid_input",
@@ -59,6 +63,7 @@ _ACCOUNT_STATUS = {
     "conflict": 409,
     "username_taken": 409,
     "name_taken": 409,
+    "last_admin": 409,
 }
 
 
@@ -253,6 +258,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         recognition,
         review,
     )
+    from childface.api.routes import settings as settings_routes
 
     if settings is None:
         settings = runtime.settings if runtime is not None else get_settings()
@@ -267,7 +273,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         if owned:
             await run_in_threadpool(app.state.runtime.close)
 
-    app = FastAPI(
+    # FastAPIOffline: a FastAPI app whose /docs and /redoc pages use assets shipped in the package
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_URL,
         title="childface",
         version="1.0",
         summary="Recognise enrolled children by face: enroll, recognise, correct, erase, audit.",
@@ -282,28 +290,34 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.settings = settings
     app.state.rate_limit = AddressRateLimit(settings.rate_limit_unauthenticated)
     _install_error_handlers(app)
-    for module in (health, auth, children, faces, recognition, review, audit, admin, imports, calibration):
-        app.include_router(module.router)
-    docs = {app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url} - {None}
-    app.add_middleware(DocsRateLimit, paths=frozenset(docs), limit=app.state.rate_limit)
+    for module in (health, auth, children, faces, recognition, review, audit, admin, settings_routes, imports,
+                   calibration):
+        # every route refuses query parameters it does not declare (422, naming them)
+        app.include_router(module.router, dependencies=[STRICT_QUERY])
+    docs = {app.openapi_url, "/docs", app.swagger_ui_oauth2_redirect_url, "/redoc"} - {None}
+    app.add_middleware(
+        DocsRateLimit, paths=frozenset(docs), prefix=DOCS_ASSETS_URL + "/", limit=app.state.rate_limit
+    )
     # outermost: its request id reaches every response, the rate limit's 429 too
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_upload_bytes)
     return app
 
 
 class DocsRateLimit:
-    """Counts each request for the API docs (no credentials needed) against its address's rate limit.
+    """Counts each request for the API docs and their assets (no credentials needed) against its
+    address's rate limit.
 
     API routes that need no credentials count through the `count_unauthenticated` dependency.
     """
 
-    def __init__(self, app: ASGIApp, *, paths: frozenset[str], limit: AddressRateLimit) -> None:
+    def __init__(self, app: ASGIApp, *, paths: frozenset[str], prefix: str, limit: AddressRateLimit) -> None:
         self.app = app
         self.paths = paths
+        self.prefix = prefix
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.paths:
+        if scope["type"] == "http" and (scope["path"] in self.paths or scope["path"].startswith(self.prefix)):
             try:
                 self.limit.hit(client_address(scope))
             except RateLimited as exc:

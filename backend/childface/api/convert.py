@@ -9,7 +9,7 @@ from childface.db.models import Child, Face
 from childface.services.enrollment import FaceVerdict, PhotoOutcome
 
 
-def child_public(child: Child, n_faces: int) -> schemas.ChildPublic:
+def child_public(child: Child, n_faces: int, thumbnail_face_id: int | None = None) -> schemas.ChildPublic:
     return schemas.ChildPublic(
         id=child.id,
         external_id=child.external_id,
@@ -21,6 +21,7 @@ def child_public(child: Child, n_faces: int) -> schemas.ChildPublic:
         consent_recorded_at=child.consent_recorded_at,
         merged_into_id=child.merged_into_id,
         n_faces=n_faces,
+        thumbnail_face_id=thumbnail_face_id,
         created_at=child.created_at,
         updated_at=child.updated_at,
     )
@@ -90,4 +91,5 @@ def photo_public(outcome: PhotoOutcome) -> schemas.PhotoResult:
         height=outcome.height,
         faces=[_verdict_public(v) for v in outcome.faces],
         enrolled_face_id=outcome.enrolled_face_id,
+        consistency=None if outcome.consistency is None else outcome.consistency.to_dict(),
     )

@@ -15,6 +15,9 @@ set of permissions:
 
 No credentials -> 401; credentials without the permission -> 403. Requests
 without valid credentials count against the address's rate limit (429 over it).
+A staff member who must change the password (first start, after a reset) gets
+403 `password_change_required` everywhere except `POST /auth/password`,
+`GET /auth/me` and `POST /auth/logout` (they use `SignedIn`).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Principal:
     role: Role | None = None
     scopes: tuple[str, ...] = ()
     token: str | None = None
+    must_change_password: bool = False
 
     @property
     def actor(self) -> Actor:
@@ -89,18 +93,31 @@ def _touch_key(runtime: Runtime, key: ApiKey) -> None:
             row.last_used_at = now
 
 
-def get_principal(
+def get_signed_in(
     request: Request,
     runtime: RuntimeDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
-    """The caller; a request without valid credentials counts against its address's rate limit."""
+    """The caller, even one who must change the password first (only the /auth routes use this)."""
     try:
         return _authenticate(runtime, bearer, api_key)
     except Unauthorized:
         count_unauthenticated(request)  # 429 instead, once over the limit
         raise
+
+
+SignedIn = Annotated[Principal, Depends(get_signed_in)]
+
+
+def get_principal(principal: SignedIn) -> Principal:
+    """The caller, refused (403) while a staff member must still change a password set for them."""
+    if principal.must_change_password:
+        raise Forbidden(
+            "change your password first (POST /auth/password): an administrator or the first start set it",
+            code="password_change_required",
+        )
+    return principal
 
 
 def count_unauthenticated(request: Request) -> None:
@@ -128,6 +145,7 @@ def _authenticate(
             permissions=ROLE_PERMISSIONS[user.role],
             role=user.role,
             token=bearer.credentials,
+            must_change_password=user.must_change_password,
         )
     raise Unauthorized("sign in (Authorization: Bearer <token>) or send an X-API-Key header")
 

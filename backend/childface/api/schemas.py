@@ -71,6 +71,7 @@ class UserPublic(BaseModel):
     username: str
     role: str
     active: bool
+    must_change_password: bool = False
     created_at: datetime
 
 
@@ -87,6 +88,8 @@ class Me(BaseModel):
     role: str | None
     scopes: list[str]
     permissions: list[str]
+    #: a staff member who must change the password first (every other route answers 403 until then)
+    must_change_password: bool = False
 
 
 class PasswordChange(RequestBody):
@@ -154,6 +157,9 @@ class ChildPublic(BaseModel):
     consent_recorded_at: datetime | None
     merged_into_id: int | None
     n_faces: int = Field(description="Enrolled faces (templates) of this child.")
+    thumbnail_face_id: int | None = Field(
+        default=None, description="The child's first enrolled face: its picture is /faces/{id}/thumbnail."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -233,12 +239,28 @@ class EnrolledFacePublic(DetectedFacePublic):
     refused_reasons: list[str] = []
 
 
+class ConsistencyPublic(BaseModel):
+    """Why a new face does not look like the child it is enrolled for (the consistency check)."""
+
+    rule: Literal["closer_to_other_child", "far_from_child"] = Field(
+        description="closer_to_other_child: another child's templates score higher than the child's own; "
+        "far_from_child: the best own score is below `threshold`."
+    )
+    own_score: float = Field(description="Best cosine similarity against the child's own templates.")
+    threshold: float = Field(description="review_threshold - consistency_margin.")
+    other_child_id: int | None = Field(default=None, description="The best-scoring other child.")
+    other_score: float | None = Field(default=None, description="Its best template's similarity.")
+
+
 class PhotoResult(BaseModel):
     filename: str | None
-    status: Literal["enrolled", "duplicate", "refused"]
+    status: Literal["enrolled", "duplicate", "refused", "needs_confirmation"] = Field(
+        description="needs_confirmation: nothing stored; the face does not look like the child's other "
+        "photos (see `consistency`); send the photo again with confirm=true to enroll it anyway."
+    )
     reasons: list[str] = Field(
         description="Why nothing was enrolled: invalid_image, no_face, several_faces_no_hint, "
-        "hint_matches_no_face, duplicate_image, too_small, blurred, profile, ..."
+        "hint_matches_no_face, duplicate_image, inconsistent_with_child, too_small, blurred, profile, ..."
     )
     message: str
     sha256: str | None = None
@@ -247,6 +269,11 @@ class PhotoResult(BaseModel):
     height: int | None = None
     faces: list[EnrolledFacePublic] = []
     enrolled_face_id: int | None = None
+    consistency: ConsistencyPublic | None = Field(
+        default=None,
+        description="The consistency check's scores when the face failed it (needs_confirmation, or "
+        "enrolled with confirm=true).",
+    )
 
 
 class EnrollResponse(BaseModel):
@@ -270,6 +297,17 @@ class RecognizedFace(DetectedFacePublic):
     decision: Decision
     candidates: list[Candidate] = Field(description="Best first.")
     review_id: int | None = Field(default=None, description="Review-queue item when decision is review.")
+    review_queued: bool | None = Field(
+        default=None, description="Decision review: whether the face waits in the review queue (else null)."
+    )
+    review_not_queued_reason: Literal[
+        "not_requested", "already_enrolled", "already_decided", "candidates_erased"
+    ] | None = Field(
+        default=None,
+        description="Why a face with decision review was not queued: queue_review was false, this face "
+        "of this photo is already on record (an enrolled template, or a review already decided), or every "
+        "child it was proposed for was erased meanwhile.",
+    )
 
 
 class RecognizeResponse(BaseModel):
@@ -304,10 +342,22 @@ class ReviewCandidate(BaseModel):
     name: str | None = None
 
 
+class ReviewSource(BaseModel):
+    """Who sent the photo that queued the item, and when (from its `review.queued` audit event)."""
+
+    at: datetime
+    actor: str = Field(description="e.g. user:anna, api_key:door")
+    kind: Literal["user", "api_key", "system"]
+    name: str
+
+
 class ReviewItemPublic(BaseModel):
     id: int
     status: Literal["open", "resolved"]
     face: FacePublic
+    image_width: int
+    image_height: int
+    source: ReviewSource | None = Field(description="Null when its audit event is gone (erasure).")
     candidates: list[ReviewCandidate]
     resolution: str | None
     resolved_by: str | None
@@ -352,6 +402,24 @@ class DuplicatePair(BaseModel):
     a: DuplicateSide
     b: DuplicateSide
     score: float
+    suspect_face_id: int | None = Field(
+        default=None,
+        description="Set when one face alone makes the pair (it looks like the other child while its own "
+        "child's other faces do not): move that face (POST /faces/{id}/reassign) instead of merging.",
+    )
+    suspect_child_id: int | None = Field(default=None, description="The child the suspect face is in now.")
+
+
+class DismissRequest(RequestBody):
+    child_a_id: RowId
+    child_b_id: RowId
+
+
+class DismissalPublic(BaseModel):
+    child_a_id: int = Field(description="The smaller of the two child ids.")
+    child_b_id: int
+    dismissed_by: str
+    dismissed_at: datetime
 
 
 class DuplicatesResponse(BaseModel):
@@ -409,5 +477,8 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
+    #: tells a readiness check that this port answers childface and not another program
+    service: Literal["childface"] = "childface"
+    version: str
     ready: bool
     checks: dict[str, str]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 from importlib import metadata, resources, util
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -19,14 +20,18 @@ import typer
 from childface.config import Settings, get_settings
 from childface.private_files import private_dir, restrict_umask
 
+#: plain help: Typer's rich panels show flags as `<bool>` and cut long option names to fit a column;
+#: click's own layout names every option in full and wraps help text to the terminal's width
+HELP = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100}}
 app = typer.Typer(
     name="childface",
     help="childface: recognise enrolled children by face (API, admin, pipeline, index).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    **HELP,
 )
-bench_app = typer.Typer(help="Benchmarks (figures, not pass/fail tests).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (figures, not pass/fail tests).", no_args_is_help=True, **HELP)
 app.add_typer(bench_app, name="bench")
 
 
@@ -67,14 +72,33 @@ def ensure_media_dir(path: Path) -> None:
         fail(f"media folder {path} is not writable: {exc.strerror or exc}")
 
 
+def schema_problem(current: str | None, head: str) -> str | None:
+    """What a person must do when the database schema is not the one this code expects, or None."""
+    from alembic.script import ScriptDirectory
+
+    from childface.db.migrate import MIGRATIONS_DIR
+
+    if current == head:
+        return None
+    if current is None:
+        return "the database is empty: run `childface migrate`"
+    known = {rev.revision for rev in ScriptDirectory(str(MIGRATIONS_DIR)).walk_revisions()}
+    if current in known:
+        return "the database schema is older than this version: run `childface migrate`"
+    return (
+        f"the database schema ({current}) is newer than this version of childface: "
+        "upgrade childface, or point it at another database"
+    )
+
+
 def migrated_database(settings: Settings):  # noqa: ANN201
-    """The configured database, refusing to go on when its schema is behind the code."""
+    """The configured database, refusing to go on when its schema is not the code's."""
     from childface.db.migrate import current_revision, head_revision
 
     database = open_database(settings)
-    current, head = current_revision(database), head_revision()
-    if current != head:
-        fail(f"database schema is at {current or 'nothing'}, code expects {head}: run `childface migrate`")
+    problem = schema_problem(current_revision(database), head_revision())
+    if problem is not None:
+        fail(problem)
     return database
 
 
@@ -145,6 +169,29 @@ def create_api_key(
     else:
         typer.echo(f"API key {issued.name!r} ({', '.join(issued.scopes)}): {issued.key}")
         typer.echo("Store it now: it cannot be shown again.", err=True)
+
+
+@app.command("reset-password")
+def reset_password(
+    username: Annotated[str, typer.Argument(help="Sign-in name of the staff account, e.g. admin.")],
+) -> None:
+    """Give a staff account a one-time password, e.g. for a lost admin password.
+
+    The password is printed once. The account's sessions end, and the person must
+    choose a new password at the next sign-in. The audit trail records the reset
+    (by the system), never the password.
+    """
+    from childface.db import Actor
+    from childface.services.accounts import AccountError
+    from childface.services.accounts import reset_password as reset
+
+    database = migrated_database(get_settings())
+    try:
+        password = reset(db=database, actor=Actor("system", "cli"), username=username)
+    except AccountError as exc:
+        fail(exc.message)
+    typer.echo(f"one-time password for {username!r}: {password}")
+    typer.echo("Sign in with it: a new password must be chosen at once. It is not shown again.", err=True)
 
 
 def _version(dist: str) -> str:
@@ -219,8 +266,9 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             "schema": revision,
             "expected_schema": head,
         }
-        if revision != head:
-            problems.append("database schema is not current: run `childface migrate`")
+        problem = schema_problem(revision, head)
+        if problem is not None:
+            problems.append(problem)
         else:
             from childface.services.media import MediaStore
             from childface.services.recovery import recover
@@ -245,10 +293,27 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
     else:
-        for key, value in report.items():
-            typer.echo(f"{key:>10}: {value}")
+        report["problems"] = problems or "none"
+        _echo_tree(report)
     if problems:
         raise typer.Exit(1)
+
+
+def _echo_tree(values: dict[str, object], indent: int = 0) -> None:
+    """Nested report values as indented `name: value` lines, lists as `- item` lines."""
+    pad = "  " * indent
+    for key, value in values.items():
+        label = key.replace("_", " ")
+        if isinstance(value, dict):
+            typer.echo(f"{pad}{label}:")
+            _echo_tree(value, indent + 1)
+        elif isinstance(value, list):
+            typer.echo(f"{pad}{label}:")
+            for item in value:
+                typer.echo(f"{pad}  - {item}")
+        else:
+            shown = {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
+            typer.echo(f"{pad}{label}: {'none' if shown is None else shown}")
 
 
 # ---- vision: detect, embed, bench pipeline --------------------------------
@@ -624,10 +689,14 @@ def import_csv(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Photos per pipeline batch.")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse rows whose face does not look like the child's other photos "
+        "(by default they are imported and noted in the report as inconsistent_with_child).")] = False,
 ) -> None:
     """Bulk-import children and their photos from a CSV; re-running resumes where it stopped."""
     from childface.db import Actor
     from childface.services import importing
+    from childface.services.consistency import ConsistencyCheck
     from childface.services.errors import DomainError
 
     settings = get_settings()
@@ -676,6 +745,7 @@ def import_csv(
                 actor=Actor("system", "cli-import"), source_name=str(csv_path),
                 max_pixels=settings.max_image_pixels, batch_size=batch_size, report_path=report,
                 progress=progress, after_commit=runtime.catch_up, plan=plan,
+                consistency=ConsistencyCheck.for_runtime(runtime), strict=strict,
             )
         except DomainError as exc:  # another import is running (import_running), ...
             fail(exc.message)
@@ -694,6 +764,10 @@ def import_csv(
             f"duplicate, {result.counts['refused']} refused, {result.counts['children_created']} children "
             f"created in {result.seconds:.1f} s; report: {report}"
         )
+        if result.counts["inconsistent"]:
+            verdict = "refused (--strict)" if strict else "imported; check them"
+            typer.echo(f"{result.counts['inconsistent']} row(s) with a face unlike the child's other photos "
+                       f"({verdict}): reason inconsistent_with_child in the report")
 
 
 def _sample_detector(device: str | None = None):  # noqa: ANN201
@@ -768,6 +842,35 @@ def bench_duplicates(
     )
 
 
+@bench_app.command("admin")
+def bench_admin(
+    children: Annotated[int, typer.Option("--children", min=1, help="Synthetic children.")] = 10000,
+    faces_per_child: Annotated[
+        int, typer.Option("--faces-per-child", min=0, help="Enrolled faces of each child.")
+    ] = 3,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Rounds (the median is reported).")] = 3,
+    old: Annotated[
+        bool, typer.Option("--old/--no-old", help="Also time the old Children page's API calls.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Time of the admin's Children page and Child detail (50 faces) against a live API (temporary DB)."""
+    from childface.api.admin_bench import run_admin_benchmark
+
+    report = run_admin_benchmark(
+        get_settings(), children=children, faces_per_child=faces_per_child, repeat=repeat, old=old,
+        progress=None if as_json else typer.echo,
+    )
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"{report['children']} children, {report['faces_per_child']} faces each "
+               f"({report['cpu_count']} CPUs; load average {report['load_average_before'][0]} before, "
+               f"{report['load_average_after'][0]} after):")
+    for name, figures in report["seconds"].items():
+        typer.echo(f"  {name}: {figures['median']:.3f} s (median of {len(figures['all'])})")
+
+
 @bench_app.command("api")
 def bench_api(
     requests: Annotated[int, typer.Option("--requests", min=1, help="Timed sequential requests.")] = 200,
@@ -835,6 +938,53 @@ def admin(
     raise typer.Exit(subprocess.call(command, env=environment))
 
 
+def _bind(host: str, port: int) -> socket.socket | str:
+    """A socket bound to (host, port), as uvicorn and Streamlit bind, or why there cannot be one."""
+    import errno
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror:
+        return f"the address {host!r} is not known on this machine"
+    bound = socket.socket(family, kind, proto)
+    bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        bound.bind(address)
+    except OSError as exc:
+        bound.close()
+        if exc.errno == errno.EADDRINUSE:
+            return f"port {port} on {host} is already in use by another program"
+        if exc.errno == errno.EACCES:
+            return f"port {port} on {host} needs administrator rights (use a port above 1023)"
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return bound
+
+
+def claim_ports(settings: Settings, *, with_admin: bool) -> socket.socket:
+    """The API's socket, bound now and kept for uvicorn, after checking the admin's port is free too.
+
+    A port that cannot be had exits with a message naming it and the setting that changes it.
+    """
+    wanted = [("API", settings.api_port, "--port or CHILDFACE_API_PORT")]
+    if with_admin:
+        wanted.append(("admin page", settings.admin_port, "--admin-port or CHILDFACE_ADMIN_PORT"))
+        if settings.admin_port == settings.api_port:
+            fail(f"the API and the admin page both want port {settings.api_port}: "
+                 "give them different ports (CHILDFACE_API_PORT, CHILDFACE_ADMIN_PORT)")
+    sockets: list[socket.socket] = []
+    for label, port, change in wanted:
+        bound = _bind(settings.api_host, port)
+        if isinstance(bound, str):
+            fail(f"cannot start the {label}: {bound}. Stop that program, or choose another port "
+                 f"with {change}.")
+        sockets.append(bound)
+    for admin_probe in sockets[1:]:
+        admin_probe.close()  # Streamlit binds its own port
+    return sockets[0]
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="API address (setting api_host).")] = None,
@@ -874,6 +1024,7 @@ def serve(
     no staff account yet, an `admin` account is created and its password is
     printed once.
     """
+    import contextlib
     import signal
     import subprocess
     import sys
@@ -898,12 +1049,14 @@ def serve(
             fail(f"{label} weights not found: {path}")
     ensure_media_dir(settings.media_dir)
     database = migrated_database(settings)
+    # both ports, before the first account or any server starts; the API's stays ours from here on
+    api_socket = claim_ports(settings, with_admin=with_admin)
     password = ensure_first_admin(db=database, actor=Actor("system", "first-start"))
     database.dispose()
     if password is not None:
         typer.secho(
             f"first start: created staff account 'admin' with password {password}\n"
-            "  sign in with it now and keep it safe: it is not shown again.",
+            "  sign in with it now: you will be asked to choose your own password. It is not shown again.",
             fg=typer.colors.YELLOW,
             err=True,
         )
@@ -917,13 +1070,19 @@ def serve(
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     typer.echo(f"API on {settings.resolved_api_url} (OpenAPI docs at /docs)", err=True)
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.api_host,
-            port=settings.api_port,
-            log_config=logging_config(log_level),
-            timeout_graceful_shutdown=30,
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings),
+                host=settings.api_host,
+                port=settings.api_port,
+                log_config=logging_config(log_level),
+                timeout_graceful_shutdown=30,
+            )
         )
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C: uvicorn shut down cleanly, then re-raised it
+            server.run(sockets=[api_socket])
+        if not server.started:
+            fail("the API did not start: see the log above", code=3)
     finally:
         if admin_process is not None:
             admin_process.terminate()

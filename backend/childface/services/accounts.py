@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from childface.db.models import ApiKey, Role, StaffSession, User
 from childface.db.session import Actor, Database
@@ -70,30 +71,148 @@ def _account_text(code: str, field: str, value: str) -> str:
     return cleaned
 
 
-def create_user(*, db: Database, actor: Actor, username: str, password: str, role: str) -> User:
-    username = _account_text("invalid_username", "username", username)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise AccountError("weak_password", f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+def _role(role: str) -> Role:
     try:
-        role_value = Role(role)
+        return Role(role)
     except ValueError:
         raise AccountError(
             "invalid_role", f"role must be one of {', '.join(r.value for r in Role)}"
         ) from None
+
+
+def create_user(
+    *,
+    db: Database,
+    actor: Actor,
+    username: str,
+    password: str,
+    role: str,
+    must_change_password: bool = False,
+) -> User:
+    """A new staff account; with `must_change_password` it may only change its password until it does."""
+    username = _account_text("invalid_username", "username", username)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError("weak_password", f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    role_value = _role(role)
     password_hash = _hash(password)  # slow: before the write transaction, never inside it
     with db.unit_of_work(actor) as uow:
         if uow.session.scalar(select(User.id).where(User.username == username)) is not None:
             raise AccountError("username_taken", f"user {username!r} already exists")
-        user = User(username=username, password_hash=password_hash, role=role_value)
+        user = User(
+            username=username,
+            password_hash=password_hash,
+            role=role_value,
+            must_change_password=must_change_password,
+        )
         uow.session.add(user)
         uow.session.flush()
         uow.audit(
             "user.created",
             target_type="user",
             target_id=user.id,
-            after={"username": username, "role": role_value.value},
+            after={
+                "username": username,
+                "role": role_value.value,
+                "must_change_password": must_change_password,
+            },
         )
     return user
+
+
+def _locked_user(session: Session, user_id: int) -> User:
+    user = session.scalar(select(User).where(User.id == user_id).with_for_update())
+    if user is None:
+        raise AccountError("not_found", f"no staff account with id {user_id}")
+    return user
+
+
+def update_user(
+    *, db: Database, actor: Actor, user_id: int, role: str | None = None, active: bool | None = None
+) -> User:
+    """Change an account's role and/or whether it may sign in; deactivation ends its sessions.
+
+    A request that changes nothing returns the account as it is (and writes no audit event).
+    Refused with `last_admin` (409) when no active admin would be left: somebody
+    must always be able to manage accounts. The active admins are locked first,
+    so two admins demoting each other at the same moment cannot both succeed.
+    """
+    role_value = _role(role) if role is not None else None
+    try:
+        return _update_user(db=db, actor=actor, user_id=user_id, role=role_value, active=active)
+    except _Unchanged as unchanged:
+        return unchanged.user
+
+
+class _Unchanged(Exception):
+    """Leaves a unit of work that found nothing to change (rolled back, no audit event)."""
+
+    def __init__(self, user: User) -> None:
+        self.user = user
+
+
+def _update_user(*, db: Database, actor: Actor, user_id: int, role: Role | None, active: bool | None) -> User:
+    with db.unit_of_work(actor) as uow:
+        session = uow.session
+        admins = set(
+            session.scalars(
+                select(User.id).where(User.role == Role.admin, User.active.is_(True)).with_for_update()
+            )
+        )
+        user = _locked_user(session, user_id)
+        before = {"role": user.role.value, "active": user.active}
+        if role is not None:
+            user.role = role
+        if active is not None:
+            user.active = active
+        after = {"role": user.role.value, "active": user.active}
+        if after == before:
+            session.expunge(user)  # keeps its loaded state through the rollback
+            raise _Unchanged(user)
+        if user.id in admins and not (user.role == Role.admin and user.active) and len(admins) == 1:
+            raise AccountError(
+                "last_admin",
+                f"{user.username!r} is the last active admin: make another account admin first",
+            )
+        if not user.active:
+            session.execute(delete(StaffSession).where(StaffSession.user_id == user.id))
+        uow.audit(
+            "user.updated",
+            target_type="user",
+            target_id=user.id,
+            before={"username": user.username, **before},
+            after={"username": user.username, **after},
+        )
+    return user
+
+
+def reset_password(
+    *, db: Database, actor: Actor, user_id: int | None = None, username: str | None = None
+) -> str:
+    """Give an account a random one-time password and return it; its sessions end.
+
+    The account must change the password at its next sign-in (`must_change_password`).
+    The audit event says that the password was reset, never what it is.
+    """
+    password = secrets.token_urlsafe(12)
+    password_hash = _hash(password)  # slow: before the write transaction
+    with db.unit_of_work(actor) as uow:
+        if user_id is None:
+            found = uow.session.scalar(select(User.id).where(User.username == normalise(username or "")))
+            if found is None:
+                raise AccountError("not_found", f"no staff account named {username!r}")
+            user_id = found
+        user = _locked_user(uow.session, user_id)
+        user.password_hash = password_hash
+        user.must_change_password = True
+        user.failed_logins = 0
+        uow.session.execute(delete(StaffSession).where(StaffSession.user_id == user.id))
+        uow.audit(
+            "user.password_reset",
+            target_type="user",
+            target_id=user.id,
+            after={"username": user.username, "must_change_password": True},
+        )
+    return password
 
 
 @dataclass(frozen=True)
@@ -281,12 +400,15 @@ def change_password(*, db: Database, actor: Actor, username: str, current: str, 
         raise AccountError("invalid_credentials", "wrong username or password")
     if not _verify(user.password_hash, current):
         raise AccountError("wrong_password", "the current password is wrong")
+    if new == current:
+        raise AccountError("weak_password", "choose a new password that differs from the current one")
     new_hash = _hash(new)
     with db.unit_of_work(actor) as uow:
         row = uow.session.scalar(select(User).where(User.id == user.id).with_for_update())
         if row is None or not row.active or row.password_hash != user.password_hash:
             raise AccountError("conflict", "the account changed while the password was checked; try again")
         row.password_hash = new_hash
+        row.must_change_password = False
         uow.session.execute(delete(StaffSession).where(StaffSession.user_id == row.id))
         uow.audit(
             "user.password_changed", target_type="user", target_id=row.id, after={"username": username}
@@ -297,14 +419,22 @@ def ensure_first_admin(*, db: Database, actor: Actor, username: str = "admin") -
     """On a database with no staff account, create an admin with a random password and return it.
 
     Returns None when any account exists: a first start must leave someone able
-    to sign in, and nothing more (the password is shown once, like an API key).
+    to sign in, and nothing more (the password is shown once, like an API key,
+    and must be changed at the first sign-in).
     """
     with db.session() as session:
         if session.scalar(select(User.id).limit(1)) is not None:
             return None
     password = secrets.token_urlsafe(12)
     try:
-        create_user(db=db, actor=actor, username=username, password=password, role=Role.admin.value)
+        create_user(
+            db=db,
+            actor=actor,
+            username=username,
+            password=password,
+            role=Role.admin.value,
+            must_change_password=True,
+        )
     except AccountError:
         return None  # another process created the first account at the same moment
     return password

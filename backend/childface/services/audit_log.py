@@ -1,8 +1,13 @@
 """Reading the audit trail: filtered, paginated queries, per-child history and CSV export.
 
 Erasure redacts earlier events in place (`services.erasure`), so every
-listing and export shows the redacted values. A child erased because it was
-merged into the erased child finds the erasure event in its history too.
+listing and export shows the redacted values.
+
+A child's history is every event recorded under it in `audit_event_children`
+(one indexed lookup): each unit of work records there every child its event
+concerns — the child it names, a merge's source, a reassigned face's old
+owner, the children of an import batch, and every child an erasure removed
+(so an erased child's history still shows its tombstone).
 
 The CSV is meant for spreadsheets, which execute a cell that starts with
 `=`, `+`, `-`, `@`, TAB or CR as a formula (CSV injection: a child named
@@ -18,13 +23,11 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Text, and_, cast, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
 
-from childface.db.models import AuditEvent
+from childface.db.models import AuditEvent, AuditEventChild
 from childface.db.session import Database
 from childface.services.children import MAX_PAGE, Page
-from childface.services.erasure import ERASURE_ACTION
 
 CSV_COLUMNS = (
     "seq",
@@ -47,22 +50,9 @@ def neutralise_cell(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
 
 
-def _erasures_of(session: Session, child_id: int | None) -> list[int]:
-    """Seqs of the erasure events that list this child among the erased ones."""
-    if child_id is None:
-        return []
-    rows = session.execute(
-        select(AuditEvent.seq, AuditEvent.after).where(
-            AuditEvent.action == ERASURE_ACTION, cast(AuditEvent.after, Text).contains(str(child_id))
-        )
-    )
-    return [seq for seq, after in rows if child_id in (after or {}).get("child_ids", [])]
-
-
 def _conditions(
     *,
     child_id: int | None,
-    erasures: list[int],
     actor: str | None,
     action: str | None,
     target_type: str | None,
@@ -71,19 +61,8 @@ def _conditions(
 ) -> list:
     conditions = []
     if child_id is not None:
-        # merges name the merged-away child as target and a reassigned face's event names its new
-        # child: the child a face or a merge took something from sees the event in its history too
         conditions.append(
-            or_(
-                AuditEvent.child_id == child_id,
-                and_(AuditEvent.target_type == "child", AuditEvent.target_id == str(child_id)),
-                and_(
-                    AuditEvent.action == "face.reassigned",
-                    # BIGINT, not as_integer()'s INTEGER: ids are 64-bit on PostgreSQL
-                    cast(AuditEvent.before["child_id"].as_string(), BigInteger) == child_id,
-                ),
-                AuditEvent.seq.in_(erasures),
-            )
+            AuditEvent.seq.in_(select(AuditEventChild.seq).where(AuditEventChild.child_id == child_id))
         )
     if actor:
         conditions.append(AuditEvent.actor == actor)
@@ -119,7 +98,6 @@ def query_events(
     with db.session() as session:
         conditions = _conditions(
             child_id=child_id,
-            erasures=_erasures_of(session, child_id),
             actor=actor,
             action=action,
             target_type=target_type,
@@ -160,11 +138,8 @@ def export_csv(
     until: datetime | None = None,
 ) -> Iterator[str]:
     """CSV text of every matching event, oldest first, in chunks (for a streaming response)."""
-    with db.session() as session:
-        erasures = _erasures_of(session, child_id)
     conditions = _conditions(
         child_id=child_id,
-        erasures=erasures,
         actor=actor,
         action=action,
         target_type=target_type,

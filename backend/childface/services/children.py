@@ -40,6 +40,8 @@ class Page:
 class ChildSummary:
     child: Child
     n_faces: int
+    #: the child's first enrolled face (its picture in lists), None without one
+    thumbnail_face_id: int | None = None
 
 
 def snapshot(child: Child) -> dict[str, Any]:
@@ -121,8 +123,8 @@ def create_child(
 def get_child(*, db: Database, child_id: int) -> ChildSummary:
     with db.session() as session:
         child = get_child_row(session, child_id)
-        n_faces = len(enrolled_face_ids(session, child_id))
-    return ChildSummary(child=child, n_faces=n_faces)
+        face_ids = enrolled_face_ids(session, child_id)
+    return ChildSummary(child=child, n_faces=len(face_ids), thumbnail_face_id=min(face_ids, default=None))
 
 
 def find_child_by_external_id(*, db: Database, external_id: str) -> Child | None:
@@ -130,16 +132,30 @@ def find_child_by_external_id(*, db: Database, external_id: str) -> Child | None
         return session.scalar(select(Child).where(Child.external_id == external_id.strip()))
 
 
+#: the orders a children list can take (`list_children`'s `sort`)
+SORTS = ("name", "external_id", "created", "faces")
+
+
 def list_children(
     *,
     db: Database,
     query: str | None = None,
+    external_id: str | None = None,
     group: str | None = None,
     status: ChildStatus | None = None,
+    sort: str = "name",
+    descending: bool = False,
     limit: int = 50,
     offset: int = 0,
 ) -> Page:
-    """Children matching a name/external-id search, group and status, ordered by name."""
+    """One page of children: a name/external-id search, an exact external id, group and status filters,
+    sorted by `sort` (one of SORTS; ties by id), each with its enrolled-face count and first template.
+
+    One query for the page and one for the total: the page's cost does not grow with the page size
+    beyond its rows (the counts are correlated subqueries over the indexed `faces.child_id`).
+    """
+    if sort not in SORTS:
+        raise InvalidInput(f"sort must be one of {', '.join(SORTS)}")
     limit = max(1, min(limit, MAX_PAGE))
     offset = max(0, offset)
     conditions = []
@@ -151,26 +167,31 @@ def list_children(
                 func.lower(Child.external_id).contains(needle, autoescape=True),
             )
         )
+    if external_id is not None:
+        conditions.append(Child.external_id == external_id.strip())
     if group:
         conditions.append(Child.group_name == group)
     if status is not None:
         conditions.append(Child.status == status)
-    n_faces = (
-        select(func.count(Face.id))
-        .where(Face.child_id == Child.id, Face.review_state == ReviewState.enrolled)
-        .correlate(Child)
-        .scalar_subquery()
-    )
+    enrolled = (Face.child_id == Child.id, Face.review_state == ReviewState.enrolled)
+    n_faces = select(func.count(Face.id)).where(*enrolled).correlate(Child).scalar_subquery()
+    first_face = select(func.min(Face.id)).where(*enrolled).correlate(Child).scalar_subquery()
+    key = {
+        "name": func.lower(Child.display_name),
+        "external_id": Child.external_id,
+        "created": Child.created_at,
+        "faces": n_faces,
+    }[sort]
     with db.session() as session:
         total = session.scalar(select(func.count(Child.id)).where(*conditions)) or 0
         rows = session.execute(
-            select(Child, n_faces)
+            select(Child, n_faces, first_face)
             .where(*conditions)
-            .order_by(Child.display_name, Child.id)
+            .order_by(key.desc() if descending else key.asc(), Child.id.desc() if descending else Child.id)
             .limit(limit)
             .offset(offset)
         ).all()
-    items = [ChildSummary(child=row[0], n_faces=int(row[1] or 0)) for row in rows]
+    items = [ChildSummary(child=row[0], n_faces=int(row[1] or 0), thumbnail_face_id=row[2]) for row in rows]
     return Page(items=items, total=int(total), limit=limit, offset=offset)
 
 

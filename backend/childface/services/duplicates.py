@@ -12,7 +12,15 @@ counts, not only a template's nearest few. Scores are float32 cosines, as in
 recognition (the summation order of the matrix product can move the sixth
 decimal). The default threshold is the review threshold: pairs that
 recognition itself could not tell apart with confidence. Staff then merge
-(`POST /children/{id}/merge`) or leave them.
+(`POST /children/{id}/merge`), or dismiss the pair as two different children
+(`services.dismissals`: a dismissed pair is never reported again).
+
+Suspect face. When one face alone makes a pair — of a child with several
+templates, exactly that one scores at least `threshold` against the other
+child — the face was most likely enrolled under the wrong child: the pair
+names it (`suspect_face_id`), and moving it is the fix, not a merge. When both
+sides have such a face, the suspect is the one least like its own child's
+other templates.
 
 Mechanism. The templates are read from the DB (the truth; the index holds the
 same vectors) and compared by blocks of rows, one matrix product per block
@@ -34,6 +42,7 @@ from sqlalchemy import select
 from childface.config import Settings
 from childface.db.models import Child, ChildStatus, Embedding, Face, ReviewState
 from childface.db.session import Database
+from childface.services.dismissals import dismissed_pairs
 
 #: similarities computed per block (rows x all templates), float32: 32 MB
 _BLOCK_SIMILARITIES = 8_000_000
@@ -54,6 +63,9 @@ class DuplicatePair:
     a: Side
     b: Side
     score: float
+    #: the one face that makes the pair, and the child it is in now (module docstring)
+    suspect_face_id: int | None = None
+    suspect_child_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,24 +85,71 @@ def find_duplicates(
     """The `limit` most similar pairs of different children at or above `threshold` (module docstring)."""
     threshold = settings.review_threshold if threshold is None else threshold
     face_ids, child_ids, vectors = _templates(db, model_db_id)
+    with db.session() as session:
+        dismissed = dismissed_pairs(session)
+    # at most len(dismissed) of the best pairs are left out: asking for that many more keeps `limit`
     ranked = duplicate_pairs(
-        face_ids, child_ids, vectors, threshold=threshold, limit=limit, child_score=settings.child_score
+        face_ids, child_ids, vectors, threshold=threshold, limit=limit + len(dismissed),
+        child_score=settings.child_score,
     )
+    ranked = [pair for pair in ranked if (pair.a, pair.b) not in dismissed][:limit]
+    rows_of = _rows_by_child(child_ids, {cid for pair in ranked for cid in (pair.a, pair.b)})
     ids = {cid for pair in ranked for cid in (pair.a, pair.b)}
     names: dict[int, tuple[str, str]] = {}
     if ids:
         with db.session() as session:
             query = select(Child.id, Child.external_id, Child.display_name).where(Child.id.in_(ids))
             names = {r.id: (r.external_id, r.display_name) for r in session.execute(query)}
-    return [
-        DuplicatePair(
-            a=Side(p.a, *names[p.a], face_id=p.face_a),
-            b=Side(p.b, *names[p.b], face_id=p.face_b),
-            score=round(p.score, 6),
+    pairs = []
+    for p in ranked:
+        if p.a not in names or p.b not in names:
+            continue
+        suspect = _suspect(face_ids, vectors, rows_of, p.a, p.b, threshold, settings.child_score)
+        pairs.append(
+            DuplicatePair(
+                a=Side(p.a, *names[p.a], face_id=p.face_a),
+                b=Side(p.b, *names[p.b], face_id=p.face_b),
+                score=round(p.score, 6),
+                suspect_face_id=suspect[0] if suspect else None,
+                suspect_child_id=suspect[1] if suspect else None,
+            )
         )
-        for p in ranked
-        if p.a in names and p.b in names
-    ]
+    return pairs
+
+
+def _rows_by_child(child_ids: np.ndarray, wanted: set[int]) -> dict[int, np.ndarray]:
+    return {cid: np.flatnonzero(child_ids == cid) for cid in wanted}
+
+
+def _suspect(
+    face_ids: np.ndarray,
+    vectors: np.ndarray,
+    rows_of: dict[int, np.ndarray],
+    a: int,
+    b: int,
+    threshold: float,
+    child_score: str,
+) -> tuple[int, int] | None:
+    """(face id, its child) when one face alone makes the pair (module docstring), else None."""
+    floor = _float32_at_least(threshold)
+    found: list[tuple[float, int, int]] = []  # (likeness to its own child, face id, child id)
+    for own, other in ((a, b), (b, a)):
+        mine, theirs = rows_of[own], rows_of[other]
+        if len(mine) < 2:
+            continue
+        sims = vectors[mine] @ vectors[theirs].T
+        top = np.sort(sims, axis=1)[:, ::-1]
+        scores = top[:, :2].mean(axis=1) if child_score == "mean2" and top.shape[1] > 1 else top[:, 0]
+        high = np.flatnonzero(scores >= floor)
+        if len(high) != 1:
+            continue
+        i = int(high[0])
+        siblings = vectors[np.delete(mine, i)] @ vectors[mine[i]]
+        found.append((float(siblings.max()), int(face_ids[mine[i]]), own))
+    if not found:
+        return None
+    _, face_id, child_id = min(found)
+    return face_id, child_id
 
 
 def _templates(db: Database, model_db_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

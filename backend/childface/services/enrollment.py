@@ -15,6 +15,11 @@ Outcome per photo (`PhotoOutcome.status`):
 - `enrolled`: a new template; `enrolled_face_id` says which.
 - `duplicate`: this photo's face is already stored (same sha256 and an
   overlapping face), for this child or another; nothing changes.
+- `needs_confirmation`: the face passed every gate but does not look like the
+  child's existing templates (`services/consistency.py`, reason
+  `inconsistent_with_child`, scores in `consistency`); nothing stored. Sent
+  again with `confirm=True` it is enrolled, and its `face.enrolled` event
+  records the scores it was confirmed despite.
 - `refused`: nothing stored; `reasons` says why: `invalid_image` (or the
   decoder's code, e.g. `too_many_pixels`), `no_face`, `several_faces_no_hint`,
   `hint_matches_no_face`, `child_not_active`, or the quality gate's codes
@@ -42,6 +47,8 @@ from sqlalchemy.orm import Session
 from childface.db.models import ChildStatus, Embedding, Face, Image, ImageSource, ReviewState
 from childface.db.session import Actor, UnitOfWork
 from childface.services.children import get_child_row
+from childface.services.consistency import REASON as INCONSISTENT
+from childface.services.consistency import ConsistencyCheck, Verdict
 from childface.services.errors import Conflict, InvalidInput, PayloadTooLarge
 from childface.services.file_journal import pending_writes
 from childface.services.media import MediaStore
@@ -86,7 +93,7 @@ class FaceVerdict:
 @dataclass
 class PhotoOutcome:
     filename: str | None
-    status: str  # enrolled | duplicate | refused
+    status: str  # enrolled | duplicate | refused | needs_confirmation
     reasons: list[str]
     message: str
     sha256: str | None = None
@@ -95,6 +102,8 @@ class PhotoOutcome:
     height: int | None = None
     faces: list[FaceVerdict] = field(default_factory=list)
     enrolled_face_id: int | None = None
+    #: the consistency check's scores when the face failed it (needs_confirmation, or enrolled confirmed)
+    consistency: Verdict | None = None
 
 
 def iou(a: Box | list[float], b: Box | list[float]) -> float:
@@ -261,7 +270,7 @@ def persist_face(
     x1, y1, x2, y2 = (float(v) for v in face.box)
     existing = _overlapping_face(session, image.id, [x1, y1, x2, y2])
     if existing is not None:
-        raise FaceAlreadyStored(existing.id, existing.child_id, existing.image_id)
+        raise FaceAlreadyStored(existing.id, existing.child_id, existing.image_id, existing.review_state)
     row = Face(
         image_id=image.id,
         child_id=child_id,
@@ -302,9 +311,12 @@ def _overlapping_face(session: Session, image_id: int, box: list[float]) -> Face
 class FaceAlreadyStored(Exception):
     """`persist_face` found this face on the photo already; nothing of it was written."""
 
-    def __init__(self, face_id: int, child_id: int | None, image_id: int) -> None:
+    def __init__(
+        self, face_id: int, child_id: int | None, image_id: int, review_state: ReviewState | None = None
+    ) -> None:
         super().__init__(f"face {face_id} of image {image_id} is already stored")
         self.face_id, self.child_id, self.image_id = face_id, child_id, image_id
+        self.review_state = review_state
 
 
 def _refused(photo: Photo, reasons: list[str], message: str, **extra: Any) -> PhotoOutcome:
@@ -328,8 +340,12 @@ def enroll_photos(
     mask: bool | None = None,
     arousal: float | None = None,
     valence: float | None = None,
+    confirm: bool = False,
 ) -> list[PhotoOutcome]:
-    """Enroll photos of one child; one outcome per photo, in order (see the module docstring)."""
+    """Enroll photos of one child; one outcome per photo, in order (see the module docstring).
+
+    `confirm`: enroll faces that fail the consistency check too (the caller has looked at them).
+    """
     if not photos:
         raise InvalidInput("send at least one photo")
     for name, value in (("arousal", arousal), ("valence", valence)):
@@ -350,7 +366,7 @@ def enroll_photos(
             detected = run_pipeline(runtime, [p.rgb for p in readable])
             for photo, faces in zip(readable, detected, strict=True):
                 done[id(photo)] = _enroll_one(
-                    runtime, actor, child_id, photo, faces, source, mask, arousal, valence
+                    runtime, actor, child_id, photo, faces, source, mask, arousal, valence, confirm
                 )
                 photo.rgb = None  # stored or refused: free its pixels before the next group is decoded
     finally:
@@ -381,6 +397,7 @@ def _enroll_one(
     mask: bool | None,
     arousal: float | None,
     valence: float | None,
+    confirm: bool,
 ) -> PhotoOutcome:
     assert photo.rgb is not None and photo.sha256 is not None
     height, width = photo.rgb.shape[:2]
@@ -404,6 +421,24 @@ def _enroll_one(
             "the face did not pass the quality gate: " + ", ".join(chosen.refused_reasons),
             **extra,
         )
+    stored = _stored_face(runtime, photo.sha256, chosen.face.box)
+    if stored is not None:  # said before the consistency check: a stored face is never stored twice
+        chosen.face_id = stored.face_id
+        return _duplicate(runtime, photo, child_id, stored, **extra)
+    verdict = ConsistencyCheck.for_runtime(runtime).check(child_id, chosen.face.embedding)
+    if verdict is not None and verdict.consistent:
+        verdict = None  # from here on: the failed check, if any
+    if verdict is not None and not confirm:
+        return PhotoOutcome(
+            filename=photo.filename,
+            status="needs_confirmation",
+            reasons=[INCONSISTENT],
+            message="this face does not look like the child's other photos ("
+            + verdict.words() + "): check it, then send it again with confirm=true to enroll it anyway",
+            sha256=photo.sha256,
+            consistency=verdict,
+            **extra,
+        )
     media = runtime.media
     _, relative = media.locate(photo.data)
     # the file is announced before it is written and settled after the commit: a crash strands nothing
@@ -411,26 +446,12 @@ def _enroll_one(
         store_photo(media, photo.data)
         try:
             face = _store_face(
-                runtime, actor, child_id, photo, relative, chosen.face, source, mask, arousal, valence
+                runtime, actor, child_id, photo, relative, chosen.face, source, mask, arousal, valence,
+                verdict,
             )
-        except FaceAlreadyStored as dup:
-            owner = (
-                "this child"
-                if dup.child_id == child_id
-                else (f"child {dup.child_id}" if dup.child_id is not None else "the review queue")
-            )
+        except FaceAlreadyStored as dup:  # stored meanwhile by another writer
             chosen.face_id = dup.face_id
-            return PhotoOutcome(
-                filename=photo.filename,
-                status="duplicate",
-                reasons=["duplicate_image"],
-                message=f"this photo's face is already stored (face {dup.face_id}, {owner})",
-                sha256=photo.sha256,
-                image_id=dup.image_id,
-                width=width,
-                height=height,
-                faces=verdicts,
-            )
+            return _duplicate(runtime, photo, child_id, dup, **extra)
     chosen.enrolled, chosen.face_id = True, face.id
     return PhotoOutcome(
         filename=photo.filename,
@@ -443,6 +464,42 @@ def _enroll_one(
         height=height,
         faces=verdicts,
         enrolled_face_id=face.id,
+        consistency=verdict,
+    )
+
+
+def _stored_face(runtime: Runtime, sha256: str, box: Any) -> FaceAlreadyStored | None:
+    """The stored face of this photo that `box` overlaps, if any (a read; `persist_face` decides)."""
+    with runtime.db.session() as session:
+        image = session.scalar(select(Image).where(Image.sha256 == sha256))
+        stored = None if image is None else _overlapping_face(session, image.id, [float(v) for v in box])
+        if stored is None:
+            return None
+        return FaceAlreadyStored(stored.id, stored.child_id, stored.image_id, stored.review_state)
+
+
+def _duplicate(
+    runtime: Runtime, photo: Photo, child_id: int, dup: FaceAlreadyStored, **extra: Any
+) -> PhotoOutcome:
+    """The outcome for a face that is stored already, said for staff: whose it is, not its ids."""
+    if dup.child_id == child_id:
+        with runtime.db.session() as session:
+            name = get_child_row(session, child_id).display_name
+        where = f"enrolled for {name}"
+    elif dup.child_id is not None:
+        where = "enrolled for another child"
+    elif dup.review_state == ReviewState.rejected:
+        where = "in the system and was rejected in review"
+    else:
+        where = "waiting in the review queue"
+    return PhotoOutcome(
+        filename=photo.filename,
+        status="duplicate",
+        reasons=["duplicate_image"],
+        message=f"this photo is already {where}",
+        sha256=photo.sha256,
+        image_id=dup.image_id,
+        **extra,
     )
 
 
@@ -457,9 +514,11 @@ def _store_face(
     mask: bool | None,
     arousal: float | None,
     valence: float | None,
+    confirmed: Verdict | None,
 ) -> Face:
     """One unit of work: the face, its embedding and `face.enrolled`; FaceAlreadyStored (nothing written,
-    no audit event: leaving by the exception rolls back) when the photo has this face already."""
+    no audit event: leaving by the exception rolls back) when the photo has this face already.
+    `confirmed`: the failed consistency check the caller confirmed, recorded in the event."""
     assert photo.rgb is not None and photo.sha256 is not None
     height, width = photo.rgb.shape[:2]
     with runtime.db.unit_of_work(actor) as uow:
@@ -480,21 +539,24 @@ def _store_face(
             arousal=arousal,
             valence=valence,
         )
-        _audit_enrolled(uow, face, source)
+        _audit_enrolled(uow, face, source, confirmed)
     return face
 
 
-def _audit_enrolled(uow: UnitOfWork, face: Face, source: ImageSource) -> None:
+def _audit_enrolled(uow: UnitOfWork, face: Face, source: ImageSource, confirmed: Verdict | None) -> None:
+    after: dict[str, Any] = {
+        "face_id": face.id,
+        "image_id": face.image_id,
+        "source": source.value,
+        "quality_score": round(face.quality_score, 4),
+    }
+    if confirmed is not None:
+        after["confirmed_despite_check"] = confirmed.to_dict()
     uow.audit(
         "face.enrolled",
         target_type="face",
         target_id=face.id,
         child_id=face.child_id,
-        after={
-            "face_id": face.id,
-            "image_id": face.image_id,
-            "source": source.value,
-            "quality_score": round(face.quality_score, 4),
-        },
+        after=after,
         face_ids=[face.id],
     )

@@ -24,6 +24,17 @@ enrolled gallery in the DB (templates of one child vs templates of different
 children) and a proposal: accept = the threshold for the target FAR, review =
 the threshold for ten times that FAR. It changes nothing; `write_env_thresholds`
 is what `--apply` calls.
+
+A mislabelled face (another child's face enrolled under this child) would make
+the proposal worthless: its pairs with the real child's templates are
+"impostor" pairs that score like the same person, and on a small gallery the
+single highest impostor pair sets the accept threshold (one such face once
+proposed 0.9968). So faces that look more like another child than like their
+own child's other templates are set aside first (`suspect_faces`, greedily,
+worst first: once the mislabelled face is out, the real child's faces no longer
+look suspicious), and the report names them, with the impostor pairs that
+drive the accept threshold and the weakest genuine pairs, by face id, so staff
+can check and correct them.
 """
 
 from __future__ import annotations
@@ -48,6 +59,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 FARS = (1e-2, 1e-3)
 #: impostor pairs above this count are sampled (calibration on large galleries)
 MAX_IMPOSTOR_PAIRS = 2_000_000
+#: at most this share of the gallery's faces (at least one) is set aside as suspected mislabels
+MAX_SUSPECT_SHARE = 0.05
+#: pairs listed in the report as driving the proposal (highest impostor, lowest genuine)
+DRIVER_PAIRS = 5
 
 
 class EvaluationError(ValueError):
@@ -310,8 +325,13 @@ def calibrate(
         raise EvaluationError(f"no enrolled faces of model {key!r}")
     vectors = np.stack([np.frombuffer(r.vector, dtype="<f4") for r in rows]).astype(np.float32)
     labels = np.array([r.child_id for r in rows])
-    children = len(np.unique(labels))
-    genuine, impostor = pair_scores(vectors, labels)
+    face_ids = np.array([r.id for r in rows])
+    near = nearest_faces(vectors, labels) if len(rows) > 1 else None
+    suspects = suspect_faces(vectors, labels, nearest=near) if near is not None else []
+    keep = np.ones(len(rows), dtype=bool)
+    keep[[s.index for s in suspects]] = False
+    children = len(np.unique(labels[keep]))
+    genuine, impostor = pair_scores(vectors[keep], labels[keep])
     if children < 2 or len(genuine) == 0:
         raise EvaluationError(
             f"calibration needs two or more children and a child with two or more faces "
@@ -322,6 +342,12 @@ def calibrate(
     accept = _ceil4(threshold_at_far(impostor, target_far))
     review = min(_ceil4(threshold_at_far(impostor, review_far)), accept)
     notes = []
+    if suspects:
+        notes.append(
+            f"{len(suspects)} face(s) look more like another child than like their own child's other faces "
+            "and were left out (listed under suspect faces): check that they are enrolled under the right "
+            "child"
+        )
     if len(impostor) * target_far < 1:
         notes.append(
             f"only {len(impostor)} impostor pairs: a FAR of {target_far:g} cannot be measured; "
@@ -344,7 +370,136 @@ def calibrate(
             "review_far": review_far,
         },
         "notes": notes,
+        "suspect_faces": [
+            {"face_id": int(face_ids[s.index]), "child_id": int(labels[s.index]),
+             "own_score": s.own_score, "other_face_id": int(face_ids[s.other_index]),
+             "other_child_id": int(labels[s.other_index]), "other_score": s.other_score}
+            for s in suspects
+        ],
+        "drivers": _drivers(vectors, labels, face_ids, near, keep),
         "_scores": (genuine, impostor),
+    }
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A face that looks more like another child's face than like its own child's other faces."""
+
+    index: int
+    own_score: float  # best score with its own child's other faces
+    other_index: int
+    other_score: float  # best score with another child's face
+
+
+@dataclass(frozen=True)
+class Nearest:
+    """Per face, its best faces of the same child and of other children (indices and scores, best first;
+    score -inf where there are fewer)."""
+
+    own_index: np.ndarray
+    own_score: np.ndarray
+    other_index: np.ndarray
+    other_score: np.ndarray
+
+
+def nearest_faces(vectors: np.ndarray, labels: np.ndarray, k: int = 8, *, block: int = 1024) -> Nearest:
+    """Each face's k best faces of its own child and of other children, in one blockwise pass
+    (memory grows with the gallery, not its square)."""
+    n = len(vectors)
+    k = max(1, min(k, n - 1))
+    out = [np.empty((n, k), dtype=dtype) for dtype in (np.int64, np.float32, np.int64, np.float32)]
+    for start in range(0, n, block):
+        sims = vectors[start : start + block] @ vectors.T
+        rows = np.arange(len(sims))
+        sims[rows, start + rows] = -np.inf  # never itself
+        same = labels[start : start + block, None] == labels[None, :]
+        own = np.where(same, sims, -np.inf)
+        sims[same] = -np.inf  # what is left: other children's faces (in place: no second copy)
+        for offset, masked in ((0, own), (2, sims)):
+            top = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+            scores = np.take_along_axis(masked, top, axis=1)
+            order = np.argsort(-scores, axis=1)
+            out[offset][start : start + block] = np.take_along_axis(top, order, axis=1)
+            out[offset + 1][start : start + block] = np.take_along_axis(scores, order, axis=1)
+    return Nearest(*out)
+
+
+def suspect_faces(
+    vectors: np.ndarray, labels: np.ndarray, *, max_share: float = MAX_SUSPECT_SHARE,
+    nearest: Nearest | None = None,
+) -> list[Suspect]:
+    """Faces to leave out of calibration (likely mislabelled), worst first.
+
+    A face is suspect when its best score with another child's face exceeds its
+    best score with its own child's other faces (a face without a sibling
+    template gives no evidence). Greedy: the face with the largest excess goes
+    first, then scores are read again without it, so the real owner's faces,
+    which looked like the mislabelled one, are cleared. At most `max_share` of
+    the faces (at least one) are set aside.
+    """
+    n = len(vectors)
+    limit = max(1, int(max_share * n)) if max_share > 0 else 0  # a small gallery may hold one mislabel
+    if limit < 1 or n < 3:
+        return []
+    near = nearest if nearest is not None else nearest_faces(vectors, labels)
+    removed = np.zeros(n, dtype=bool)
+    out: list[Suspect] = []
+    while len(out) < limit:
+        mine, _ = _first_alive(near.own_index, near.own_score, removed)
+        theirs, theirs_at = _first_alive(near.other_index, near.other_score, removed)
+        excess = np.where(removed | ~np.isfinite(mine) | ~np.isfinite(theirs), -np.inf, theirs - mine)
+        worst = int(np.argmax(excess))
+        if not excess[worst] > 0:
+            break
+        removed[worst] = True
+        out.append(Suspect(worst, round(float(mine[worst]), 4), int(theirs_at[worst]),
+                           round(float(theirs[worst]), 4)))
+    return out
+
+
+def _first_alive(index: np.ndarray, score: np.ndarray, removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per face, the score and index of its best neighbour not removed (-inf, -1 when none is left)."""
+    alive = ~removed[index] & np.isfinite(score)
+    first = np.argmax(alive, axis=1)
+    rows = np.arange(len(index))
+    has = alive[rows, first]
+    return np.where(has, score[rows, first], -np.inf), np.where(has, index[rows, first], -1)
+
+
+def _drivers(
+    vectors: np.ndarray, labels: np.ndarray, face_ids: np.ndarray, near: Nearest, keep: np.ndarray
+) -> dict[str, list[dict]]:
+    """The pairs that set the proposal among the kept faces: the highest impostor scores (from each
+    face's nearest faces of other children) and the lowest genuine scores, by face id."""
+    k = near.other_index.shape[1]
+    a = np.repeat(np.arange(len(vectors)), k)
+    b = near.other_index.ravel()
+    score = near.other_score.ravel()
+    valid = np.isfinite(score) & keep[a] & keep[b]
+    pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)[valid]
+    pairs, first = np.unique(pairs, axis=0, return_index=True)  # each pair is found from both sides
+    impostor_scores = score[valid][first]
+    top = np.argsort(-impostor_scores)[:DRIVER_PAIRS]
+    genuine_pairs: list[np.ndarray] = []
+    genuine_scores: list[np.ndarray] = []
+    kept_labels = np.where(keep, labels, -1)
+    for label in np.unique(labels[keep]):
+        members = np.flatnonzero(kept_labels == label)
+        if len(members) > 1:
+            x, y = np.triu_indices(len(members), 1)
+            genuine_pairs.append(np.stack([members[x], members[y]], axis=1))
+            genuine_scores.append(np.einsum("ij,ij->i", vectors[members[x]], vectors[members[y]]))
+    same = np.concatenate(genuine_pairs) if genuine_pairs else np.empty((0, 2), dtype=np.int64)
+    same_scores = np.concatenate(genuine_scores) if genuine_scores else np.empty(0)
+    low = np.argsort(same_scores)[:DRIVER_PAIRS]
+
+    def described(i: int, j: int, value: float) -> dict:
+        return {"face_a": int(face_ids[i]), "child_a": int(labels[i]), "face_b": int(face_ids[j]),
+                "child_b": int(labels[j]), "score": round(float(value), 4)}
+
+    return {
+        "top_impostor": [described(*pairs[t], impostor_scores[t]) for t in top],
+        "lowest_genuine": [described(*same[g], same_scores[g]) for g in low],
     }
 
 

@@ -6,6 +6,7 @@ Every change lists the face in the audit event's `face_ids`, so the gallery's
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Any
 
 from sqlalchemy import delete, exists, select
@@ -16,7 +17,7 @@ from childface.db.session import Actor, Database
 from childface.services.children import get_child_row
 from childface.services.errors import Conflict, InvalidImage, NotFound
 from childface.services.file_journal import journal_deletions, sweep
-from childface.services.media import MediaStore, face_thumbnail
+from childface.services.media import MediaStore, face_thumbnail, image_extension
 
 
 def face_snapshot(face: Face) -> dict[str, Any]:
@@ -71,6 +72,19 @@ def thumbnail(*, db: Database, media: MediaStore, face_id: int, max_pixels: int)
     except ImageDecodeError as exc:
         raise InvalidImage(f"stored photo of face {face_id} cannot be decoded: {exc}") from exc
     return face_thumbnail(rgb, box)
+
+
+def original_photo(*, db: Database, media: MediaStore, face_id: int) -> tuple[bytes, str]:
+    """(bytes, media type) of the stored photo the face was found in, as it was sent."""
+    with db.session() as session:
+        face = _face_row(session, face_id)
+        path = session.get(Image, face.image_id).path
+    try:
+        data = media.read(path)
+    except FileNotFoundError:
+        raise NotFound(f"the photo of face {face_id} is missing from the media folder") from None
+    media_type = mimetypes.guess_type(f"photo.{image_extension(data)}")[0] or "application/octet-stream"
+    return data, media_type
 
 
 def remove_face(*, db: Database, media: MediaStore, actor: Actor, face_id: int) -> Face:

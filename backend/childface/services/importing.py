@@ -48,6 +48,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from childface.db.models import Child, ChildStatus, Face, Image, ImportRun, ImportStatus
 from childface.db.session import SYSTEM, Actor, Database
 from childface.services.audit_log import neutralise_cell
+from childface.services.consistency import REASON as CONSISTENCY_REASON
+from childface.services.consistency import ConsistencyCheck
 from childface.services.enrollment import (
     MIN_HINT_IOU,
     SAME_FACE_IOU,
@@ -536,8 +538,10 @@ def photo_header(data: bytes, max_pixels: int) -> tuple[int, int] | str:
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
+    from childface.vision.decode import ACCEPTED_FORMATS, FORMAT_NAMES  # the decoder's formats (HEIC too)
+
     try:
-        with PILImage.open(io.BytesIO(data)) as img:
+        with PILImage.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
             width, height = img.size
             # EXIF orientations 5-8 turn the photo a quarter: decoding makes it upright
             if img.getexif().get(_EXIF_ORIENTATION) in {5, 6, 7, 8}:
@@ -545,7 +549,7 @@ def photo_header(data: bytes, max_pixels: int) -> tuple[int, int] | str:
     except PILImage.DecompressionBombError:
         return "photo has too many pixels"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return "not a readable photo (JPEG, PNG, WebP, BMP, TIFF)"
+        return f"not a readable photo ({FORMAT_NAMES})"
     if width < 1 or height < 1:
         return "photo has no pixels"
     if width * height > max_pixels:
@@ -795,11 +799,16 @@ def run_import(
     after_commit: Callable[[], None] | None = None,
     plan: ImportPlan | None = None,
     run_id: int | None = None,
+    consistency: ConsistencyCheck | None = None,
+    strict: bool = False,
 ) -> ImportResult:
     """Import every importable row; see the module docstring for batches, audit and resume.
 
     `run_id`: a run opened beforehand with `start_run` (the API answers with it before the
     import ends); by default one is opened here.
+    `consistency`: check each face against its child's templates (services/consistency.py): a row
+    whose face fails is imported with the reason `inconsistent_with_child: <scores>`, or refused
+    with it when `strict`; counted in `counts["inconsistent"]`.
     """
     from childface.vision.decode import ImageDecodeError, decode_image
 
@@ -808,6 +817,9 @@ def run_import(
     decided = outcomes_from_plan(plan)
     outcomes: dict[int, RowOutcome] = dict(decided)
     total = len(plan.rows)
+    # rows an earlier run imported count as imported, and also here: staff compare them with the check's
+    already = {"already_imported": sum(p.action == "done" for p in plan.rows)}
+    flagged: dict[int, str] = {}  # line -> why its face failed the consistency check
     names = _child_names(table)
 
     if run_id is None:
@@ -815,7 +827,9 @@ def run_import(
 
     def notify() -> None:
         if progress is not None:
-            progress(ImportProgress(done=len(outcomes), total=total, counts=_count(outcomes.values())))
+            progress(ImportProgress(done=len(outcomes), total=total,
+                                    counts={**_count(outcomes.values()), **already,
+                                            "inconsistent": len(flagged)}))
 
     def load(batch: _Batch) -> _Batch:
         # runs in a worker thread, overlapped with the previous batch's inference
@@ -849,7 +863,14 @@ def run_import(
                 accepted = _detect_and_select(pipeline, batch, outcomes)
                 if accepted:
                     _ensure_children(db, actor, accepted, names, children, created)
-                    _commit_batch(db, media, actor, run_id, model_db_id, accepted, children, outcomes)
+                    if consistency is not None:
+                        accepted = _check_consistency(db, consistency, accepted, children, outcomes, flagged,
+                                                      strict)
+                    if accepted:  # strict may have refused them all
+                        _commit_batch(db, media, actor, run_id, model_db_id, accepted, children, outcomes)
+                    for line, note in flagged.items():  # imported despite the check: the report says so
+                        if outcomes[line].status == "imported" and not outcomes[line].reason:
+                            outcomes[line].reason = note
                     if after_commit is not None:
                         after_commit()
                 notify()
@@ -865,7 +886,8 @@ def run_import(
             report_path.parent.mkdir(parents=True, exist_ok=True)
             with report_path.open("w", newline="", encoding="utf-8") as fh:
                 write_report(ordered, fh)
-        counts = {**_count(ordered), "rows": total, "children_created": len(created)}
+        counts = {**_count(ordered), **already, "inconsistent": len(flagged), "rows": total,
+                  "children_created": len(created)}
         _finish_run(db, actor, run_id, status, counts, report_path, error)
     return ImportResult(run_id=run_id, outcomes=ordered, counts=counts, seconds=time.perf_counter() - started,
                         photos_processed=photos_processed, report_path=report_path)
@@ -925,6 +947,42 @@ def _detect_and_select(pipeline: Any, batch: _Batch, outcomes: dict[int, RowOutc
             claimed[index] = p
             accepted.append(_Accepted(p, photo, face))
     return accepted
+
+
+def _check_consistency(
+    db: Database,
+    check: ConsistencyCheck,
+    accepted: list[_Accepted],
+    children: dict[str, int],
+    outcomes: dict[int, RowOutcome],
+    flagged: dict[int, str],
+    strict: bool,
+) -> list[_Accepted]:
+    """The consistency check on a batch's faces, in CSV order; the rows to store.
+
+    A face is compared with its child's stored templates and with the faces of this batch kept
+    before it for the same child. A failing row is noted in `flagged`; with `strict` it is refused.
+    """
+    kept: list[_Accepted] = []
+    batch_faces: dict[str, list[np.ndarray]] = {}  # this batch's kept faces per child, not stored yet
+    for a in accepted:
+        row = a.planned.row
+        verdict = check.check(children.get(row.external_id), a.face.embedding,
+                              also_own=batch_faces.get(row.external_id, []))
+        if verdict is not None and not verdict.consistent:
+            other = None
+            if verdict.other_child_id is not None:
+                with db.session() as session:
+                    query = select(Child.external_id).where(Child.id == verdict.other_child_id)
+                    other = session.scalar(query)
+            flagged[row.line] = f"{CONSISTENCY_REASON}: {verdict.words(other)}"
+            if strict:
+                outcomes[row.line] = RowOutcome(row.line, row.external_id, row.image, "refused",
+                                                f"{flagged[row.line]} (strict import)")
+                continue
+        batch_faces.setdefault(row.external_id, []).append(a.face.embedding)
+        kept.append(a)
+    return kept
 
 
 def _ensure_children(
@@ -1010,7 +1068,9 @@ def _commit_batch(
                       after={"run_id": run_id, "photos": len(photos), "faces": len(face_ids),
                              "lines": [a.planned.row.line for a, _ in stored],
                              "duplicate_lines": [a.planned.row.line for a, _ in duplicates]},
-                      face_ids=face_ids)
+                      face_ids=face_ids,
+                      # each child that got a face: the batch is in that child's history
+                      child_ids={children[a.planned.row.external_id] for a, _ in stored})
     for a, face in stored:
         row = a.planned.row
         outcomes[row.line] = RowOutcome(row.line, row.external_id, row.image, "imported", "", face.id)

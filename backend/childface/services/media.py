@@ -53,11 +53,17 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: ISO-BMFF major brands of HEIF stills (an `ftyp` box at offset 4); AVIF and video brands are not photos
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+
+
 def image_extension(data: bytes) -> str:
     """File extension from the format's magic bytes ('bin' when unknown)."""
     for magic, offset, ext in _MAGIC:
         if data[offset : offset + len(magic)] == magic:
             return ext
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "heic"
     return "bin"
 
 

@@ -45,6 +45,9 @@ class RecognizedFace:
     decision: str
     candidates: list[NamedCandidate] = field(default_factory=list)
     review_id: int | None = None
+    #: decision review only: whether the face waits in the queue, and why not (`services.review.Queued`)
+    review_queued: bool | None = None
+    review_not_queued_reason: str | None = None
 
 
 @dataclass
@@ -96,8 +99,9 @@ def recognize_photo(
     results: list[RecognizedFace] = []
     if faces:
         vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
+        gallery = runtime.current_gallery()  # first: it also brings in thresholds changed at run time
         k = top_k or runtime.settings.top_k
-        identifications = identify(runtime.current_gallery(), vectors, runtime.settings, k=k)
+        identifications = identify(gallery, vectors, runtime.settings, k=k)
         names = _names(runtime, {c.child_id for ident in identifications for c in ident.candidates[:k]})
         for face, ident in zip(faces, identifications, strict=True):
             candidates = [
@@ -107,15 +111,19 @@ def recognize_photo(
             ]
             results.append(RecognizedFace(face=face, decision=ident.decision, candidates=candidates))
     undecided = [r for r in results if r.decision == "review"]
+    for result in undecided:
+        result.review_queued, result.review_not_queued_reason = False, "not_requested"
     if queue_review and undecided:
-        ids = queue_for_review(
+        queued = queue_for_review(
             runtime=runtime,
             actor=actor,
             photo=photo,
             faces=[(r.face, r.candidates) for r in undecided],  # type: ignore[misc]
         )
-        for result, review_id in zip(undecided, ids, strict=True):
-            result.review_id = review_id
+        for result, outcome in zip(undecided, queued, strict=True):
+            result.review_id = outcome.review_id
+            result.review_queued = outcome.review_id is not None
+            result.review_not_queued_reason = outcome.not_queued_reason
     return PhotoRecognition(width=width, height=height, model_id=runtime.pipeline.model_id, faces=results)
 
 
@@ -180,5 +188,5 @@ def verify_photo(
         reasons.append("no_face_in_second_photo")
     if face is None or other_face is None:
         return Verification("unknown", None, None, face, other_face, reasons)
-    result = verify(face.embedding, runtime.settings, reference=other_face.embedding)
+    result = verify(face.embedding, runtime.current_settings(), reference=other_face.embedding)
     return Verification(result.decision, result.score, None, face, other_face, [])

@@ -4,7 +4,10 @@ A recognised face whose decision is `review` is kept: its photo (source
 `recognition`), the face with its embedding (`child_id` empty, review state
 `pending_review`, so it is not searchable) and a `ReviewItem` with the
 candidates recognition proposed — one unit of work, one `review.queued` event.
-The same photo recognised again reuses the open item of that face.
+The same photo recognised again reuses the open item of that face; a face of
+the photo that is already on record without an open item (an enrolled
+template, or a review already decided) is not queued again, and the caller
+is told why (`Queued.not_queued_reason`).
 
 Resolving an item (one unit of work, one `review.resolved` event listing the
 face, so the gallery re-reads it):
@@ -27,7 +30,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from childface.db.models import Child, ChildStatus, Face, ImageSource, ReviewItem, ReviewState, ReviewStatus
+from childface.db.models import (
+    AuditEvent,
+    Child,
+    ChildStatus,
+    Face,
+    Image,
+    ImageSource,
+    ReviewItem,
+    ReviewState,
+    ReviewStatus,
+)
 from childface.db.session import Actor
 from childface.services.children import MAX_PAGE, Page, clean_text, get_child_row, snapshot
 from childface.services.enrollment import FaceAlreadyStored, Photo, persist_face, store_photo
@@ -60,11 +73,13 @@ def queue_for_review(
     actor: Actor,
     photo: Photo,
     faces: list[tuple[DetectedFace, list[ChildCandidate]]],
-) -> list[int | None]:
+) -> list[Queued]:
     """Store a probe photo's undecided faces and open one review item each.
 
-    Returns one item id per face, in order: None for a face that is already
-    stored without an open item (e.g. an enrollment photo sent to recognition).
+    Returns one outcome per face, in order: the open item, or (no item) why the
+    face was not queued: `already_enrolled` (e.g. an enrollment photo sent to
+    recognition), `already_decided` (its review was resolved before) or
+    `candidates_erased` (every child it was proposed for was erased since).
     """
     assert photo.rgb is not None and photo.sha256 is not None
     height, width = photo.rgb.shape[:2]
@@ -76,7 +91,7 @@ def queue_for_review(
         try:
             with runtime.db.unit_of_work(actor) as uow:
                 session = uow.session
-                item_ids: list[int | None] = []
+                item_ids: list[Queued] = []
                 face_ids: list[int] = []
                 alive = _children_still_there(session, faces)
                 for detected, found in faces:
@@ -84,7 +99,7 @@ def queue_for_review(
                     if found and not candidates:
                         # every child it was proposed for was erased since the search: most likely that
                         # child's face, and erasure must leave nothing of it
-                        item_ids.append(None)
+                        item_ids.append(Queued(None, "candidates_erased"))
                         continue
                     try:
                         face = persist_face(
@@ -101,12 +116,7 @@ def queue_for_review(
                             review_state=ReviewState.pending_review,
                         )
                     except FaceAlreadyStored as existing:  # stored before (by anyone): its open item, if any
-                        open_item = session.scalar(
-                            select(ReviewItem.id).where(
-                                ReviewItem.face_id == existing.face_id, ReviewItem.status == ReviewStatus.open
-                            )
-                        )
-                        item_ids.append(open_item)
+                        item_ids.append(_already_stored(session, existing.face_id))
                         continue
                     item = ReviewItem(
                         face_id=face.id,
@@ -117,7 +127,7 @@ def queue_for_review(
                     )
                     session.add(item)
                     session.flush()
-                    item_ids.append(item.id)
+                    item_ids.append(Queued(item.id))
                     face_ids.append(face.id)
                 if not face_ids:
                     raise _NothingToWrite(item_ids)  # all queued before: roll back, nothing to audit
@@ -125,7 +135,7 @@ def queue_for_review(
                     "review.queued",
                     target_type="image",
                     target_id=photo.sha256[:16],
-                    after={"review_ids": item_ids, "faces": len(face_ids)},
+                    after={"review_ids": [q.review_id for q in item_ids], "faces": len(face_ids)},
                     face_ids=face_ids,
                 )
         except _NothingToWrite as nothing:
@@ -133,18 +143,66 @@ def queue_for_review(
     return item_ids
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A face's place in the queue: its open item, or why it has none."""
+
+    review_id: int | None
+    not_queued_reason: str | None = None
+
+
+def _already_stored(session: Any, face_id: int) -> Queued:
+    open_item = session.scalar(
+        select(ReviewItem.id).where(ReviewItem.face_id == face_id, ReviewItem.status == ReviewStatus.open)
+    )
+    if open_item is not None:
+        return Queued(open_item)
+    state = session.scalar(select(Face.review_state).where(Face.id == face_id))
+    return Queued(None, "already_enrolled" if state == ReviewState.enrolled else "already_decided")
+
+
 class _NothingToWrite(Exception):
-    def __init__(self, item_ids: list[int | None]) -> None:
+    def __init__(self, item_ids: list[Queued]) -> None:
         super().__init__(item_ids)
         self.item_ids = item_ids
+
+
+@dataclass(frozen=True)
+class QueuedBy:
+    """Who sent the photo that queued an item, and when (its `review.queued` event)."""
+
+    at: datetime
+    actor: str
 
 
 @dataclass
 class ReviewView:
     item: ReviewItem
     face: Face
+    image: Image
     #: child_id -> (external_id, name) for the candidates that still exist
     names: dict[int, tuple[str, str]] = field(default_factory=dict)
+    queued_by: QueuedBy | None = None
+
+
+def _queued_by(session: Any, rows: list[tuple[ReviewItem, Image]]) -> dict[int, QueuedBy]:
+    """item id -> its queuing event, found by the photo the event names (an indexed target lookup)."""
+    targets = {image.sha256[:16] for _, image in rows}
+    if not targets:
+        return {}
+    events = session.execute(
+        select(AuditEvent.at, AuditEvent.actor, AuditEvent.after).where(
+            AuditEvent.target_type == "image",
+            AuditEvent.target_id.in_(targets),
+            AuditEvent.action == "review.queued",
+        )
+    )
+    found: dict[int, QueuedBy] = {}
+    for at, actor, after in events:
+        for review_id in (after or {}).get("review_ids") or ():
+            if isinstance(review_id, int):
+                found[review_id] = QueuedBy(at=at, actor=actor)
+    return found
 
 
 def _names(session: Any, child_ids: set[int]) -> dict[int, tuple[str, str]]:
@@ -166,16 +224,18 @@ def list_queue(
     with runtime.db.session() as session:
         total = session.scalar(select(func.count(ReviewItem.id)).where(*conditions)) or 0
         rows = session.execute(
-            select(ReviewItem, Face)
+            select(ReviewItem, Face, Image)
             .join(Face, ReviewItem.face_id == Face.id)
+            .join(Image, Face.image_id == Image.id)
             .where(*conditions)
             .order_by(ReviewItem.id)
             .limit(limit)
             .offset(offset)
         ).all()
-        names = _names(session, {c["child_id"] for item, _ in rows for c in item.candidates})
+        names = _names(session, {c["child_id"] for item, _, _ in rows for c in item.candidates})
+        sources = _queued_by(session, [(item, image) for item, _, image in rows])
     return Page(
-        items=[ReviewView(item, face, names) for item, face in rows],
+        items=[ReviewView(item, face, image, names, sources.get(item.id)) for item, face, image in rows],
         total=int(total),
         limit=limit,
         offset=offset,
@@ -188,8 +248,10 @@ def get_review(*, runtime: Runtime, review_id: int) -> ReviewView:
         if item is None:
             raise NotFound(f"no review item with id {review_id}")
         face = session.get(Face, item.face_id)
+        image = session.get(Image, face.image_id)
         names = _names(session, {c["child_id"] for c in item.candidates})
-    return ReviewView(item, face, names)
+        source = _queued_by(session, [(item, image)]).get(item.id)
+    return ReviewView(item, face, image, names, source)
 
 
 @dataclass
@@ -268,8 +330,10 @@ def resolve(
             face_ids=[face.id],
         )
         names = _names(session, {c["child_id"] for c in item.candidates})
+        image = session.get(Image, face.image_id)
+        source = _queued_by(session, [(item, image)]).get(item.id)
     return Resolution(
-        view=ReviewView(item, face, names),
+        view=ReviewView(item, face, image, names, source),
         child=target,
         template_added=added,
         template_refused_reasons=refused,

@@ -9,6 +9,11 @@ never mix models (DESIGN.md invariant 4).
 After every committed unit of work that may change the index, callers run
 `runtime.catch_up()`: the gallery is the only writer of the index and replays
 the audit events it has not seen.
+
+`runtime.settings` is the *effective* configuration: the process's `Settings`
+plus the thresholds an admin changed at run time (services/runtime_settings.py).
+It follows such changes, made by any process, whenever the index catches up
+(`current_gallery`, `readiness`), so recognition decides with them at once.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from childface.db.session import Database, DatabaseError
 from childface.private_files import private_dir
 from childface.services.media import MediaStore
 from childface.services.recovery import Housekeeper, RecoveryReport, import_scratch_root, recover
+from childface.services.runtime_settings import EffectiveSettings
 
 if TYPE_CHECKING:
     from childface.services.gallery import Gallery
@@ -49,7 +55,7 @@ class Runtime:
         db: Database | None = None,
         pipeline: FacePipeline | None = None,
     ) -> None:
-        self.settings = settings
+        self._settings = EffectiveSettings(settings)
         self._owns_db = db is None
         self.db = db if db is not None else Database(settings.database_url)
         self.media = MediaStore(settings.media_dir)
@@ -76,6 +82,30 @@ class Runtime:
         runtime = cls(scratch_settings)
         upgrade(runtime.db)
         return runtime
+
+    # --- settings ---------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force: the configuration plus run-time overrides (thresholds)."""
+        return self._settings.current
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self._settings.base = settings
+
+    @property
+    def configured_settings(self) -> Settings:
+        """The configuration (environment, `.env`) without run-time overrides."""
+        return self._settings.base
+
+    @property
+    def effective_settings(self) -> EffectiveSettings:
+        return self._settings
+
+    def reload_settings(self) -> Settings:
+        """Read the run-time overrides now (after this process changed them)."""
+        return self._settings.reload(self.db)
 
     # --- lazily built parts ------------------------------------------------------
 
@@ -114,6 +144,7 @@ class Runtime:
                         db=self.db, settings=self.settings, model_key=pipeline.model_id, dim=embedder.dim
                     )
                     gallery.start()
+                    self._settings.start(self.db, gallery.watermark)
                     self._gallery = gallery
         return self._gallery
 
@@ -161,7 +192,13 @@ class Runtime:
         """
         gallery = self.gallery
         gallery.catch_up()
+        self._settings.follow(self.db, gallery.watermark)  # thresholds changed by an admin, anywhere
         return gallery
+
+    def current_settings(self) -> Settings:
+        """The settings in force, after catching up with changes any process made (see current_gallery)."""
+        self.current_gallery()
+        return self.settings
 
     def readiness(self) -> Readiness:
         checks: dict[str, str] = {}
@@ -178,6 +215,7 @@ class Runtime:
         elif checks["database"] == "ok":
             # replicas learn of other processes' changes here too
             self._gallery.catch_up()
+            self._settings.follow(self.db, self._gallery.watermark)
             with self.db.session() as session:
                 head = session.scalar(select(func.max(AuditEvent.seq))) or 0
             lag = head - self._gallery.watermark

@@ -10,6 +10,11 @@ applied on both paths, so faces are upright as the camera meant them (a PNG's
 orientation is read from its chunks: Pillow's own lookup decodes the whole
 image to search for an eXIf chunk after the pixels).
 
+HEIC/HEIF (iPhones' default) is read through `pillow-heif`'s Pillow plugin,
+registered when this module is imported: libheif applies the container's
+rotation and mirroring and the plugin resets the EXIF orientation, so the
+header's size is already upright and the pixels come out as the camera meant.
+
 `image_header` runs the same checks on the header alone, so a caller can
 refuse a request (a pixel budget over all its photos) before decoding any of
 them. Only the first frame of a multi-frame file (GIF, TIFF, WebP, MPO) is
@@ -27,11 +32,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 #: Photo formats we open. Pillow would also open EPS (via Ghostscript), PSD, FITS and more: formats
 #: no camera produces are not probed at all, so their parsers never see uploaded bytes.
-#: (JPEG includes the MPO files some phones write.)
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+#: (JPEG includes the MPO files some phones write; HEIF is HEIC, iPhones' default.)
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF")
+#: what people call the formats, for messages
+FORMAT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF, HEIC"
+
+# the HEIF plugin only (not Image.init's every plugin); its thumbnails are not wanted as extra frames
+register_heif_opener(thumbnails=False)
 _ORIENTATION_TAG = 0x0112
 _JPEG_END = b"\xff\xd9"
 
@@ -132,7 +143,7 @@ def _reading(max_pixels: int) -> Iterator[None]:
         ) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(
-            "not_an_image", f"not an image in a format we read ({', '.join(ACCEPTED_FORMATS)})"
+            "not_an_image", f"not an image in a format we read ({FORMAT_NAMES})"
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError("not_an_image", f"not a readable image: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Administration: staff accounts, API keys, the effective settings (admin only)."""
+"""Administration: staff accounts and API keys (admin only; settings: routes/settings.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from childface.api.schemas import (
     ApiKeyCreate,
     ApiKeyIssued,
     ApiKeyPublic,
-    SettingsView,
     UserCreate,
     UserPublic,
 )
+from childface.api.schemas_accounts import PasswordReset, UserUpdate
 from childface.db.models import ApiKey, User
 from childface.services import accounts
 
@@ -32,6 +32,29 @@ def create_user(body: UserCreate, principal: Admin, runtime: RuntimeDep) -> User
         db=runtime.db, actor=principal.actor, username=body.username, password=body.password, role=body.role
     )
     return UserPublic.model_validate(user)
+
+
+@router.patch("/users/{user_id}", response_model=UserPublic)
+def update_user(user_id: PathId, body: UserUpdate, principal: Admin, runtime: RuntimeDep) -> UserPublic:
+    """Change an account's role or deactivate/reactivate it. Deactivation ends its sessions at once.
+
+    409 `last_admin` when the change would leave no active admin.
+    """
+    user = accounts.update_user(
+        db=runtime.db, actor=principal.actor, user_id=user_id, role=body.role, active=body.active
+    )
+    return UserPublic.model_validate(user)
+
+
+@router.post("/users/{user_id}/reset-password", response_model=PasswordReset)
+def reset_password(user_id: PathId, principal: Admin, runtime: RuntimeDep) -> PasswordReset:
+    """Give the account a one-time password (in the response, this once) and end its sessions.
+
+    The person must choose a new password at the next sign-in.
+    """
+    password = accounts.reset_password(db=runtime.db, actor=principal.actor, user_id=user_id)
+    with runtime.db.session() as session:
+        return PasswordReset(user=UserPublic.model_validate(session.get(User, user_id)), password=password)
 
 
 @router.get("/api-keys", response_model=list[ApiKeyPublic])
@@ -54,35 +77,4 @@ def create_api_key(body: ApiKeyCreate, principal: Admin, runtime: RuntimeDep) ->
 def revoke_api_key(key_id: PathId, principal: Admin, runtime: RuntimeDep) -> ApiKeyPublic:
     return ApiKeyPublic.model_validate(
         accounts.revoke_api_key(db=runtime.db, actor=principal.actor, key_id=key_id)
-    )
-
-
-@router.get("/settings", response_model=SettingsView)
-def view_settings(_: Admin, runtime: RuntimeDep) -> SettingsView:
-    """Thresholds, models and limits in effect (secrets such as the database URL are left out)."""
-    s = runtime.settings
-    pipeline = runtime.pipeline
-    gallery = runtime.gallery
-    return SettingsView(
-        model_id=pipeline.model_id,
-        embedder=pipeline.embedder.name,
-        embedding_dim=pipeline.embedder.dim,
-        detector=pipeline.detector_id,
-        device=str(pipeline.device),
-        accept_threshold=s.accept_threshold,
-        review_threshold=s.review_threshold,
-        match_margin=s.match_margin,
-        top_k=s.top_k,
-        quality={
-            "min_face_px": s.quality_min_face_px,
-            "min_sharpness": s.quality_min_sharpness,
-            "max_yaw": s.quality_max_yaw,
-            "max_roll_deg": s.quality_max_roll_deg,
-            "min_detector_score": s.quality_min_detector_score,
-            "min_score": s.quality_min_score,
-        },
-        max_upload_bytes=s.max_upload_bytes,
-        max_image_pixels=s.max_image_pixels,
-        gallery_faces=gallery.count,
-        index_watermark=gallery.watermark,
     )

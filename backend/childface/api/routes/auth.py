@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from childface.api.deps import CurrentPrincipal, RuntimeDep, count_unauthenticated
+from childface.api.deps import RuntimeDep, SignedIn, count_unauthenticated
 from childface.api.rate_limit import client_address
 from childface.api.schemas import LoginRequest, Me, PasswordChange, TokenResponse, UserPublic
 from childface.services import accounts
@@ -44,7 +44,7 @@ def login(body: LoginRequest, request: Request, runtime: RuntimeDep) -> TokenRes
 
 
 @router.post("/logout", status_code=204, response_class=Response)
-def logout(principal: CurrentPrincipal, runtime: RuntimeDep) -> Response:
+def logout(principal: SignedIn, runtime: RuntimeDep) -> Response:
     """End this session (the token stops working). API keys have no session: nothing happens."""
     if principal.token is not None:
         accounts.logout(db=runtime.db, token=principal.token)
@@ -52,8 +52,11 @@ def logout(principal: CurrentPrincipal, runtime: RuntimeDep) -> Response:
 
 
 @router.post("/password", status_code=204, response_class=Response)
-def change_password(body: PasswordChange, principal: CurrentPrincipal, runtime: RuntimeDep) -> Response:
-    """Change the signed-in staff member's password. Every session of the account ends, this one too."""
+def change_password(body: PasswordChange, principal: SignedIn, runtime: RuntimeDep) -> Response:
+    """Change the signed-in staff member's password. Every session of the account ends, this one too.
+
+    This also lifts `must_change_password` (403 `password_change_required` elsewhere until then).
+    """
     if principal.kind != "user":
         raise InvalidInput("API keys have no password; sign in as a staff member")
     accounts.change_password(
@@ -67,11 +70,12 @@ def change_password(body: PasswordChange, principal: CurrentPrincipal, runtime: 
 
 
 @router.get("/me", response_model=Me)
-def me(principal: CurrentPrincipal) -> Me:
+def me(principal: SignedIn) -> Me:
     return Me(
         kind=principal.kind,  # type: ignore[arg-type]
         name=principal.name,
         role=principal.role.value if principal.role else None,
         scopes=list(principal.scopes),
         permissions=sorted(principal.permissions),
+        must_change_password=principal.must_change_password,
     )

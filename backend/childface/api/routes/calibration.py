@@ -1,8 +1,7 @@
 """Calibration for the admin's Settings page: how well enrolled faces separate, and proposed thresholds.
 
 Reads the enrolled gallery (services/evaluation.py `calibration_page`) and
-changes nothing; applying thresholds stays a deliberate server-side step
-(`childface calibrate --apply`).
+changes nothing; an admin applies proposed thresholds with `PATCH /admin/settings`.
 """
 
 from __future__ import annotations
@@ -22,7 +21,9 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 class CalibrationPublic(BaseModel):
     report: dict[str, Any] = Field(
-        description="children, templates, genuine/impostor statistics, current and proposed thresholds"
+        description="children, templates, genuine/impostor statistics, current and proposed thresholds, "
+        "suspect_faces (left out: they look more like another child) and drivers (the highest impostor "
+        "and lowest genuine pairs, by face id)"
     )
     plot_png: str = Field(description="Score histogram and ROC as a base64 PNG.")
 

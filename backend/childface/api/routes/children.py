@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
@@ -32,7 +32,7 @@ PAGE_LIMIT = Query(50, ge=1, le=children_service.MAX_PAGE)
 
 def _public(runtime: RuntimeDep, child_id: int) -> ChildPublic:
     summary = children_service.get_child(db=runtime.db, child_id=child_id)
-    return child_public(summary.child, summary.n_faces)
+    return child_public(summary.child, summary.n_faces, summary.thumbnail_face_id)
 
 
 @router.post("", response_model=ChildPublic, status_code=201)
@@ -56,16 +56,26 @@ def list_children(
     _: Reader,
     runtime: RuntimeDep,
     q: Annotated[str | None, Query(max_length=200, description="Part of the name or external id")] = None,
+    external_id: Annotated[
+        str | None, Query(min_length=1, max_length=128, description="Exactly this external id")
+    ] = None,
     group: Annotated[str | None, Query(max_length=100)] = None,
     status: ChildStatus | None = None,
+    sort: Annotated[
+        Literal["name", "external_id", "created", "faces"],
+        Query(description="name, external_id, created (date added) or faces (enrolled faces)"),
+    ] = "name",
+    order: Literal["asc", "desc"] = "asc",
     limit: int = PAGE_LIMIT,
     offset: Offset = 0,
 ) -> ChildPage:
+    """One page of children with each one's enrolled-face count and picture (`thumbnail_face_id`)."""
     page = children_service.list_children(
-        db=runtime.db, query=q, group=group, status=status, limit=limit, offset=offset
+        db=runtime.db, query=q, external_id=external_id, group=group, status=status, sort=sort,
+        descending=order == "desc", limit=limit, offset=offset,
     )
     return ChildPage(
-        items=[child_public(s.child, s.n_faces) for s in page.items],
+        items=[child_public(s.child, s.n_faces, s.thumbnail_face_id) for s in page.items],
         total=page.total,
         limit=page.limit,
         offset=page.offset,
@@ -157,12 +167,21 @@ def enroll_images(
     mask: Annotated[bool | None, Form()] = None,
     arousal: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
     valence: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
+    confirm: Annotated[
+        bool,
+        Form(description="Enroll faces that do not look like the child's other photos too "
+             "(after a person checked them: see status needs_confirmation)."),
+    ] = False,
 ) -> EnrollResponse:
     """Detect, quality-gate, embed and store the child's face in each photo.
 
     Every photo gets its own result: `enrolled` (with the new face id),
-    `duplicate` (this photo's face is already stored) or `refused` with reason
-    codes (`no_face`, `several_faces_no_hint`, `too_small`, `blurred`, ...).
+    `duplicate` (this photo's face is already stored), `refused` with reason
+    codes (`no_face`, `several_faces_no_hint`, `too_small`, `blurred`, ...), or
+    `needs_confirmation` (reason `inconsistent_with_child`: the face looks less
+    like the child's templates than like another child's, or far from all of
+    them; scores in `consistency`; nothing stored): send that photo again with
+    `confirm=true` to enroll it. A child without templates is never checked.
     Photos whose pixels together (from their headers) exceed `max_request_pixels`
     are refused as a whole, before any decoding: 413 `too_many_pixels`.
     """
@@ -186,6 +205,7 @@ def enroll_images(
         mask=mask,
         arousal=arousal,
         valence=valence,
+        confirm=confirm,
     )
     return EnrollResponse(
         child_id=child_id,

@@ -1,4 +1,4 @@
-"""Faces: read, thumbnail (authenticated only), remove, reassign to another child, reject."""
+"""Faces: read, thumbnail and original photo (authenticated only), remove, reassign, reject."""
 
 from __future__ import annotations
 
@@ -28,6 +28,17 @@ def face_thumbnail(face_id: PathId, _: Reader, runtime: RuntimeDep) -> Response:
     )
     # biometric data: never cached by shared caches
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
+
+
+@router.get(
+    "/{face_id}/photo",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}, "description": "The stored photo the face was found in"}},
+)
+def face_photo(face_id: PathId, _: Reader, runtime: RuntimeDep) -> Response:
+    """The original photo of a face, byte for byte as it was enrolled, imported or recognised."""
+    data, media_type = faces.original_photo(db=runtime.db, media=runtime.media, face_id=face_id)
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, no-store"})
 
 
 @router.delete("/{face_id}", response_model=FacePublic)

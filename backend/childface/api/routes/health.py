@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -9,6 +11,7 @@ from childface.api.deps import RuntimeDep
 from childface.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
+VERSION = metadata.version("childface")
 
 
 @router.get("/healthz", response_model=Health)
@@ -19,7 +22,11 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Ready to serve: database reachable, models loaded, index caught up with the database."""
+    """Ready to serve: database reachable, models loaded, index caught up with the database.
+
+    The body names the service and its version (`"service": "childface"`), so a start-up
+    check can tell childface from another program answering on the same port.
+    """
     state = runtime.readiness()
-    body = Readiness(ready=state.ready, checks=state.checks)
+    body = Readiness(version=VERSION, ready=state.ready, checks=state.checks)
     return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)

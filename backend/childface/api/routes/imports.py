@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -29,6 +29,7 @@ from childface.api.deps import Enroller, PathId, Reader, RuntimeDep
 from childface.db.models import ImportRun, ImportStatus
 from childface.db.session import Actor
 from childface.services import importing
+from childface.services.consistency import ConsistencyCheck
 from childface.services.errors import InvalidInput, NotFound
 from childface.services.recovery import new_import_folder
 from childface.services.runtime import Runtime
@@ -68,8 +69,11 @@ class ImportRunPublic(BaseModel):
     finished_at: datetime | None
     done: int = Field(description="Rows with a final outcome so far.")
     total: int
-    counts: dict[str, int] = Field(description="imported, duplicate, refused (and at the end rows, "
-                                                "children_created)")
+    counts: dict[str, int] = Field(description="imported, duplicate, refused; already_imported (the imported "
+                                                "rows an earlier run had imported); inconsistent (rows "
+                                                "whose face did not look like the child's other photos: "
+                                                "imported with a note, or refused when strict); at the end "
+                                                "rows, children_created")
     report_available: bool
 
 
@@ -138,7 +142,7 @@ def _report_path(runtime: Runtime, run_id: int) -> Path:
 
 def _run_in_background(
     runtime: Runtime, actor: Actor, run_id: int, table: importing.ImportTable, plan: importing.ImportPlan,
-    zip_path: Path, source_name: str,
+    zip_path: Path, source_name: str, strict: bool,
 ) -> None:
     source = _zip_source(runtime, zip_path)
     try:
@@ -147,7 +151,7 @@ def _run_in_background(
             model_db_id=runtime.model_db_id, table=table, source=source, actor=actor, source_name=source_name,
             max_pixels=runtime.settings.max_image_pixels, report_path=_report_path(runtime, run_id),
             progress=lambda p: _live.update(run_id, p), after_commit=runtime.catch_up, plan=plan,
-            run_id=run_id,
+            run_id=run_id, consistency=ConsistencyCheck.for_runtime(runtime), strict=strict,
         )
     except Exception:  # noqa: BLE001 - a background thread has no caller: log; the run row says failed
         log.exception("import run %s failed", run_id)
@@ -163,6 +167,8 @@ def start_import(
     runtime: RuntimeDep,
     csv_file: Annotated[UploadFile, File(alias="csv", description="The CSV (docs/import-format.md).")],
     photos: Annotated[UploadFile | None, File(description="Zip of the photos the CSV names.")] = None,
+    strict: Annotated[bool, Form(description="Refuse rows whose face does not look like the child's other "
+                                 "photos (by default: imported, noted in the report).")] = False,
 ) -> ImportRunPublic:
     """Start importing; answers at once. Follow it with `GET /imports/{id}`; rows already imported
     are skipped, so sending the same files again resumes an interrupted import. One import runs at a
@@ -194,7 +200,7 @@ def start_import(
     ))
     threading.Thread(
         target=_run_in_background, name=f"import-{run_id}", daemon=True,
-        args=(runtime, principal.actor, run_id, table, plan, zip_path, source_name),
+        args=(runtime, principal.actor, run_id, table, plan, zip_path, source_name, strict),
     ).start()
     return get_import(run_id, principal, runtime)
 

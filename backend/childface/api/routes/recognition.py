@@ -35,7 +35,9 @@ def recognize(
 
     `match`: the best candidate is sure (score >= accept threshold, clear margin
     over the next child). `review`: plausible but unsure; the face is queued for
-    staff (`review_id`). `unknown`: nobody enrolled is close.
+    staff (`review_id`); `review_queued` false with `review_not_queued_reason` when it
+    was not (`queue_review` false, or this face of this photo is already on record).
+    `unknown`: nobody enrolled is close.
     """
     result = photo_recognition.recognize_photo(
         runtime=runtime, actor=principal.actor, data=file.file.read(), top_k=top_k, queue_review=queue_review
@@ -50,6 +52,8 @@ def recognize(
                 decision=r.decision,  # type: ignore[arg-type]
                 candidates=[Candidate(**c.__dict__) for c in r.candidates],
                 review_id=r.review_id,
+                review_queued=r.review_queued,
+                review_not_queued_reason=r.review_not_queued_reason,  # type: ignore[arg-type]
             )
             for r in result.faces
         ],

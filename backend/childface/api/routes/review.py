@@ -9,6 +9,8 @@ from fastapi import APIRouter, Query
 from childface.api.convert import child_public, face_public
 from childface.api.deps import Enroller, Offset, PathId, Reader, RuntimeDep, Writer
 from childface.api.schemas import (
+    DismissalPublic,
+    DismissRequest,
     DuplicatePair,
     DuplicateSide,
     DuplicatesResponse,
@@ -17,13 +19,22 @@ from childface.api.schemas import (
     ReviewCandidate,
     ReviewItemPublic,
     ReviewPage,
+    ReviewSource,
 )
 from childface.db.models import ReviewStatus
 from childface.services import children as children_service
-from childface.services import duplicates, review
+from childface.services import dismissals, duplicates, review
 from childface.services.children import MAX_PAGE
 
 router = APIRouter(prefix="/review", tags=["review"])
+
+
+def _source(queued_by: review.QueuedBy | None) -> ReviewSource | None:
+    if queued_by is None:
+        return None
+    kind, _, name = queued_by.actor.partition(":")
+    kind = kind if kind in ("user", "api_key") else "system"
+    return ReviewSource(at=queued_by.at, actor=queued_by.actor, kind=kind, name=name)
 
 
 def _item_public(view: review.ReviewView) -> ReviewItemPublic:
@@ -32,6 +43,9 @@ def _item_public(view: review.ReviewView) -> ReviewItemPublic:
         id=item.id,
         status=item.status.value,
         face=face_public(view.face),
+        image_width=view.image.width,
+        image_height=view.image.height,
+        source=_source(view.queued_by),
         candidates=[
             ReviewCandidate(
                 child_id=c["child_id"],
@@ -76,6 +90,8 @@ def review_duplicates(
 
     Staff only (the `enroll` permission: staff and admin users, API keys with the
     enroll or admin scope): it compares every child's face with every other's.
+    Pairs dismissed as "not the same child" never come back. When one face alone
+    makes a pair, `suspect_face_id` names it: move it rather than merge.
     """
     used = runtime.settings.review_threshold if threshold is None else threshold
     pairs = duplicates.find_duplicates(
@@ -84,9 +100,31 @@ def review_duplicates(
     return DuplicatesResponse(
         threshold=used,
         pairs=[
-            DuplicatePair(a=DuplicateSide(**p.a.__dict__), b=DuplicateSide(**p.b.__dict__), score=p.score)
+            DuplicatePair(
+                a=DuplicateSide(**p.a.__dict__),
+                b=DuplicateSide(**p.b.__dict__),
+                score=p.score,
+                suspect_face_id=p.suspect_face_id,
+                suspect_child_id=p.suspect_child_id,
+            )
             for p in pairs
         ],
+    )
+
+
+@router.post("/duplicates/dismiss", response_model=DismissalPublic, status_code=201)
+def dismiss_duplicate(body: DismissRequest, principal: Writer, runtime: RuntimeDep) -> DismissalPublic:
+    """Record that two children are not the same child: the pair never appears in the duplicates again.
+
+    Audited as `duplicates.dismissed` (in both children's histories); 409 `conflict` when the pair
+    was dismissed before.
+    """
+    row = dismissals.dismiss_pair(
+        db=runtime.db, actor=principal.actor, child_a_id=body.child_a_id, child_b_id=body.child_b_id
+    )
+    return DismissalPublic(
+        child_a_id=row.child_a_id, child_b_id=row.child_b_id, dismissed_by=row.dismissed_by,
+        dismissed_at=row.dismissed_at,
     )
 
 
@@ -117,7 +155,7 @@ def resolve_review_item(
     child = None
     if result.child is not None:
         summary = children_service.get_child(db=runtime.db, child_id=result.child.id)
-        child = child_public(summary.child, summary.n_faces)
+        child = child_public(summary.child, summary.n_faces, summary.thumbnail_face_id)
     return ResolveResponse(
         review=_item_public(result.view),
         child=child,
