@@ -1,4 +1,4 @@
-"""Settings (administrators): the model and thresholds in use, calibration, API keys, staff accounts."""
+"""Settings (administrators): the model and thresholds in use, calibration, API keys."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from admin_ui import ui
 ui.require("admin")
 api = ui.api()
 st.title("Settings")
-model_tab, keys_tab, users_tab = st.tabs(["Recognition", "API keys", "Staff accounts"])
+model_tab, keys_tab = st.tabs(["Recognition", "API keys"])
 
 THRESHOLDS = {  # setting -> (label, help, (lowest, highest) allowed)
     "accept_threshold": ("Recognised when similarity is at least",
@@ -161,22 +161,5 @@ with keys_tab:
                               placeholder="Choose a key...", key="key_revoke")
         if revoke is not None and st.button("Revoke", key="key_revoke_button", type="primary") and ui.call(
             lambda: api.post(f"/admin/api-keys/{revoke}/revoke"), success=f"Revoked {live[revoke]}."
-        ):
-            st.rerun()
-
-with users_tab:
-    users = ui.call(lambda: api.get("/admin/users")) or []
-    if users:
-        st.dataframe([{"Username": u["username"], "Role": u["role"], "Active": u["active"]} for u in users],
-                     hide_index=True, width="stretch", key="users_table")
-    with st.form("user_create", clear_on_submit=True):
-        username = st.text_input("Username", key="user_name")
-        password = st.text_input("Password (at least 8 characters)", type="password", key="user_password")
-        role = st.selectbox("Role", ["staff", "viewer", "admin"], key="user_role",
-                            help="viewer: look only · staff: enroll, recognise, correct · admin: everything")
-        if st.form_submit_button("Create account") and ui.call(
-            lambda: api.post("/admin/users", json={"username": username.strip(), "password": password,
-                                                   "role": role}),
-            success=f"Account {username.strip()} created.",
         ):
             st.rerun()

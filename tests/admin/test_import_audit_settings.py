@@ -94,7 +94,7 @@ def test_audit_filters_and_exports(api: LiveApi, signed_in: Callable[..., AppTes
     assert [b.proto.label for b in at.get("download_button")] == ["Download CSV"]
 
 
-def test_settings_show_model_calibration_keys_and_users(
+def test_settings_show_model_calibration_and_keys(
     start_api: Callable[..., LiveApi], example: ExampleDataset, signed_in: Callable[..., AppTest]
 ) -> None:
     api = start_api()  # its own gallery: faces other tests leave would show up as calibration suspects
@@ -127,11 +127,6 @@ def test_settings_show_model_calibration_keys_and_users(
     assert "Revoked door-east" in texts(at)
     assert {k["name"]: k["revoked"] for k in client(api).get("/admin/api-keys")}["door-east"] is True
 
-    at.text_input(key="user_name").input("nora")
-    at.text_input(key="user_password").input("nora-secret-1")
-    click(at, "Create account")
-    assert "Account nora created." in texts(at)
-    assert "nora" in {u["username"] for u in client(api).get("/admin/users")}
 
 
 def test_settings_change_thresholds_for_every_process_and_set_them_back(
