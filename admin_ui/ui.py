@@ -157,7 +157,8 @@ def require(permission: str) -> None:
         st.success(flash, icon=":material/check_circle:")
 
 
-@st.cache_data(show_spinner=False, max_entries=2000)
+# short-lived: the API says no-store, and an erased face must not stay on the admin for long
+@st.cache_data(show_spinner=False, max_entries=2000, ttl=60)
 def _thumbnail(token: str, face_id: int) -> bytes:
     return Api(token=token).get_bytes(f"/faces/{face_id}/thumbnail")
 

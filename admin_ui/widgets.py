@@ -2,12 +2,14 @@
 
 Every lookup is sized for thousands of children: a picker searches the API
 (one request, at most `PICK_LIMIT` matches) instead of loading every child,
-and a page's thumbnails are fetched together, a few at a time, and kept for
-the session.
+and a page's thumbnails are fetched together, a few at a time. Thumbnails and
+names are kept for `CACHE_TTL_S` only: an erased child's must not outlive the
+erasure in a signed-in session for more than that.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, tzinfo
@@ -23,6 +25,17 @@ PICK_LIMIT = 20
 #: parallel thumbnail requests: enough to hide latency, few enough not to crowd the API
 _THUMBNAIL_WORKERS = 8
 _THUMBNAIL_CACHE = 2000
+#: seconds a session keeps a thumbnail or a child's name
+CACHE_TTL_S = 60.0
+
+
+def _session_cache(name: str) -> dict[int, tuple[float, Any]]:
+    """A per-session cache of (fetched at, value) entries, without the expired ones."""
+    cache: dict[int, tuple[float, Any]] = st.session_state.setdefault(name, {})
+    now = time.monotonic()
+    for key in [k for k, (at, _) in cache.items() if now - at > CACHE_TTL_S]:
+        del cache[key]
+    return cache
 
 
 def local_zone() -> tuple[tzinfo, str]:
@@ -40,15 +53,16 @@ def local_zone() -> tuple[tzinfo, str]:
 
 def child_names(ids: Iterable[int | None]) -> dict[int, str]:
     """'Name (ID)' of these children, looked up once per session (erased children: 'an erased child')."""
-    known: dict[int, str] = st.session_state.setdefault("child_names", {})
+    known = _session_cache("child_names")
     api = ui.api()
     for child_id in {i for i in ids if i is not None} - set(known):
         try:
             child = api.get(f"/children/{child_id}")
-            known[child_id] = f"{child['name']} ({child['external_id']})"
+            name = f"{child['name']} ({child['external_id']})"
         except ApiError as exc:
-            known[child_id] = "an erased child" if exc.status == 404 else f"child {child_id}"
-    return known
+            name = "an erased child" if exc.status == 404 else f"child {child_id}"
+        known[child_id] = (time.monotonic(), name)
+    return {child_id: name for child_id, (_, name) in known.items()}
 
 
 def find_child(
@@ -65,15 +79,16 @@ def find_child(
     if not options:
         st.caption("No child matches.")
         return None
-    st.session_state.setdefault("child_names", {}).update(options)
+    now = time.monotonic()
+    _session_cache("child_names").update((child_id, (now, name)) for child_id, name in options.items())
     return st.selectbox("Matching children", list(options), format_func=options.get, key=key, index=None,
                         placeholder=f"{len(options)} match(es): choose one")
 
 
 def thumbnails(face_ids: Iterable[int | None]) -> dict[int, bytes | None]:
-    """JPEG thumbnails of these faces: fetched in parallel once per session, then from memory."""
+    """JPEG thumbnails of these faces: fetched in parallel, then from memory for `CACHE_TTL_S`."""
     face_ids = list(face_ids)
-    cache: dict[int, bytes | None] = st.session_state.setdefault("thumbnail_cache", {})
+    cache = _session_cache("thumbnail_cache")
     missing = sorted({i for i in face_ids if i is not None} - set(cache))
     if missing:
         token = st.session_state.get("token")
@@ -85,10 +100,11 @@ def thumbnails(face_ids: Iterable[int | None]) -> dict[int, bytes | None]:
                 return None
 
         with ThreadPoolExecutor(min(_THUMBNAIL_WORKERS, len(missing))) as pool:
-            cache.update(zip(missing, pool.map(fetch, missing), strict=True))
+            now = time.monotonic()
+            cache.update((i, (now, jpeg)) for i, jpeg in zip(missing, pool.map(fetch, missing), strict=True))
         while len(cache) > _THUMBNAIL_CACHE:
             cache.pop(next(iter(cache)))
-    return {i: cache.get(i) for i in face_ids if i is not None}
+    return {i: cache[i][1] if i in cache else None for i in face_ids if i is not None}
 
 
 def photo_with_box(face: dict[str, Any], label: str = "") -> Any:
