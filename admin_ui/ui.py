@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -42,6 +43,14 @@ REASONS = {
 SESSION_COOKIE = "childface_session"
 DECISION_WORDS = {"match": "Recognised", "review": "Not sure - needs review", "unknown": "Unknown"}
 DECISION_COLOURS = {"match": "#1a9850", "review": "#f39c12", "unknown": "#d73027"}
+
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]()!<>#|~])")
+
+
+def md(text: object) -> str:
+    """Text from the API (names, IDs, file names) made safe inside markdown: no links, images or emphasis."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
 
 
 def reasons_text(codes: list[str]) -> str:

@@ -102,7 +102,8 @@ for n, face in enumerate(faces):
         quality = face["quality"]["score"]
         st.caption(f"Face {face['id']} · {STATES[face['review_state']]} · quality {quality:.2f}"
                    f" · added {describe.when(face['created_at'], zone)}")
-        if st.button("Original photo", key=f"photo_{face['id']}", icon=":material/photo:"):
+        staff = ui.can("write")  # a whole photo may show others: staff only, as the API says
+        if staff and st.button("Original photo", key=f"photo_{face['id']}", icon=":material/photo:"):
             showing = st.session_state.get("show_photo") == face["id"]
             st.session_state.show_photo = None if showing else face["id"]
         if not ui.can("write"):

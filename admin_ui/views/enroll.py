@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 from PIL import Image
 
-from admin_ui import ui
+from admin_ui import ui, widgets
 from admin_ui.client import ApiError
 
 ui.require("enroll")
@@ -94,13 +94,29 @@ with st.expander("The child is not in the list: add a new child", expanded=not o
                 st.session_state.child_id = st.session_state.enroll_child = created["id"]
                 st.session_state.flash = f"Added {created['name']}."
                 st.rerun()
+# the list holds the first children by name; a child beyond it (just added, opened on another page,
+# or found by the search) is added to it, and nothing is ever chosen for the person
+searched = widgets.find_child("Search all children by name or ID", key="enroll_search")
+if searched is not None:
+    st.session_state.enroll_child = searched
+wanted = st.session_state.get("enroll_child") or st.session_state.get("child_id")
+if wanted is not None and wanted not in options:
+    try:
+        extra = api.get(f"/children/{wanted}")
+        if extra["status"] == "active":
+            options = {wanted: f"{extra['name']} ({extra['external_id']})", **options}
+    except ApiError:
+        pass
 if not options:
     st.stop()
 ids = list(options)
 if st.session_state.get("enroll_child") not in ids:  # first visit, or the child came from another page
-    preselected = st.session_state.get("child_id")
-    st.session_state.enroll_child = preselected if preselected in ids else ids[0]
-child_id = st.selectbox("Child", ids, format_func=options.get, key="enroll_child")
+    st.session_state.enroll_child = wanted if wanted in ids else None
+child_id = st.selectbox("Child", ids, format_func=options.get, key="enroll_child", index=None,
+                        placeholder="Choose the child...")
+if child_id is None:
+    st.info("Choose the child first (or add a new one above).", icon=":material/touch_app:")
+    st.stop()
 child_name = options[child_id].rsplit(" (", 1)[0]
 
 # ---- 2. the photos -------------------------------------------------------------------------------
@@ -121,7 +137,7 @@ sendable: list[tuple[str, bytes, list[float] | None]] = []  # (name, photo, hint
 unchosen = 0
 if photos:
     st.subheader("3. Check the faces")
-for i, (name, data) in enumerate(photos):
+for name, data in photos:
     found = ui.detect(name, data)
     if found is None:  # the API said why (ui.call showed it)
         continue
@@ -142,8 +158,9 @@ for i, (name, data) in enumerate(photos):
             right.write(f"Face 1: {verdicts[0]}")
             sendable.append((name, data, None))
             continue
-        st.markdown(f"**{name}: {len(faces)} faces. Which one is {child_name}?**")
-        pick_key = f"enroll_pick_{generation}_{i}"
+        st.markdown(f"**{ui.md(name)}: {len(faces)} faces. Which one is {ui.md(child_name)}?**")
+        # keyed by the photo itself: removing another upload must not hand this one its choice
+        pick_key = f"enroll_pick_{generation}_{hashlib.sha256(data).hexdigest()[:16]}"
         chosen = st.session_state.get(pick_key)
         boxes = [(f["box"], f"{n + 1}", CHOSEN if n == chosen else OTHER) for n, f in enumerate(faces)]
         st.image(ui.draw_boxes(data, boxes), width="stretch")

@@ -114,7 +114,7 @@ if not runs:
 for run in runs:
     with st.container(border=True):
         c = run["counts"]
-        st.markdown(f"**Import {run['id']}** · {run['source_name']} · {run['status']} · "
+        st.markdown(f"**Import {run['id']}** · {ui.md(run['source_name'])} · {run['status']} · "
                     f"by {run['started_by']}")
         st.caption(f"{c.get('imported', 0)} imported, {c.get('duplicate', 0)} duplicates, "
                    f"{c.get('refused', 0)} could not be imported · started {run['started_at'][:19]}")

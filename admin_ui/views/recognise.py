@@ -56,8 +56,8 @@ for n, face in enumerate(faces):
     with st.container(border=True):
         decision = ui.DECISION_WORDS[face["decision"]]
         if face["decision"] == "match" and best:
-            st.markdown(f"**Face {n + 1}: {decision}: {best['name']}** ({best['external_id']}), "
-                        f"similarity {best['score']:.2f}")
+            who = f"{ui.md(best['name'])}** ({ui.md(best['external_id'])})"
+            st.markdown(f"**Face {n + 1}: {decision}: {who}, similarity {best['score']:.2f}")
         else:
             st.markdown(f"**Face {n + 1}: {decision}**")
         if not face["quality"]["passed"]:

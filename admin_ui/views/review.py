@@ -98,10 +98,13 @@ with duplicates_tab:
         face_id for pair in pairs for face_id in (pair["a"]["face_id"], pair["b"]["face_id"],
                                                   pair.get("suspect_face_id"))
     )
-    for n, pair in enumerate(pairs):
+    for pair in pairs:
         a, b = pair["a"], pair["b"]
+        # keyed by the pair, not its place: a tick must not pass to the next pair after a rerun
+        n = f"{a['child_id']}_{b['child_id']}"
         with st.container(border=True):
-            st.markdown(f"**{a['name']}** ({a['external_id']}) and **{b['name']}** ({b['external_id']}) "
+            st.markdown(f"**{ui.md(a['name'])}** ({ui.md(a['external_id'])}) and **{ui.md(b['name'])}** "
+                        f"({ui.md(b['external_id'])}) "
                         f"look alike (similarity {pair['score']:.2f}).")
             cols = st.columns([1, 1, 2])
             for col, side in ((cols[0], a), (cols[1], b)):

@@ -112,7 +112,7 @@ def _sqlite_autoincrement(bind: sa.engine.Connection) -> None:
             _max(
                 bind,
                 "SELECT max(CAST(target_id AS INTEGER)) FROM audit_events "
-                f"WHERE target_type = '{target_type}' AND target_id GLOB '[0-9]*'",
+                f"WHERE target_type = '{target_type}' AND target_id NOT GLOB '*[^0-9]*' AND target_id <> ''",
             ),
         )
     for table in _ID_TABLES:

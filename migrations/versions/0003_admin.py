@@ -88,10 +88,13 @@ def _backfill_event_children(bind: sa.engine.Connection) -> None:
         sa.column("target_id"), sa.column("before"), sa.column("after"), sa.column("face_ids"),
     )
     faces = sa.table("faces", sa.column("id"), sa.column("child_id"))
+    table = sa.table("audit_event_children", sa.column("seq"), sa.column("child_id"))
     owned = sa.select(faces.c.id, faces.c.child_id).where(faces.c.child_id.is_not(None))
     owner = dict(bind.execute(owned).all())
-    rows: set[tuple[int, int]] = set()
-    for seq, child_id, target_type, target_id, before, after, face_ids in bind.execute(sa.select(events)):
+    pending: list[dict[str, int]] = []
+    # streamed: a long audit trail is never held in memory at once
+    rows = bind.execute(sa.select(events).order_by(events.c.seq).execution_options(yield_per=5000))
+    for seq, child_id, target_type, target_id, before, after, face_ids in rows:
         concerned: set[int] = set()
         if child_id is not None:
             concerned.add(int(child_id))
@@ -104,14 +107,12 @@ def _backfill_event_children(bind: sa.engine.Connection) -> None:
             concerned.update(c for c in after.get("child_ids") or () if isinstance(c, int))
         if not concerned and face_ids:
             concerned.update(owner[f] for f in face_ids if f in owner)
-        rows.update((int(seq), c) for c in concerned)
-    if rows:
-        table = sa.table("audit_event_children", sa.column("seq"), sa.column("child_id"))
-        ordered = sorted(rows)
-        for start in range(0, len(ordered), 5000):
-            bind.execute(
-                table.insert(), [{"seq": s, "child_id": c} for s, c in ordered[start : start + 5000]]
-            )
+        pending.extend({"seq": int(seq), "child_id": c} for c in sorted(concerned))
+        if len(pending) >= 5000:
+            bind.execute(table.insert(), pending)
+            pending = []
+    if pending:
+        bind.execute(table.insert(), pending)
 
 
 def downgrade() -> None:

@@ -48,7 +48,7 @@ def test_enroll_new_child_from_uploads_with_a_face_chosen_in_a_group_photo(
     assert "**t1.jpg: 6 faces. Which one is Cleo Enroll?**" in said
     # the group photo large, and six large numbered crops to choose from (plus the two other photos)
     assert len(at.image) == 2 + 1 + 6
-    pick = at.radio(key="enroll_pick_0_1")
+    (pick,) = [r for r in at.radio if (r.key or "").startswith("enroll_pick_0_")]  # keyed by the photo
     assert pick.value is None and pick.options == [f"Face {n}" for n in range(1, 7)]
     button = at.button(key="enroll_submit")
     assert button.disabled and button.label == "Enroll 2 photos for Cleo Enroll"  # no-face.jpg is not sent
@@ -57,7 +57,7 @@ def test_enroll_new_child_from_uploads_with_a_face_chosen_in_a_group_photo(
     found = at.session_state["detections"]
     faces = next(f["faces"] for f in found.values() if len(f["faces"]) == 6)
     wanted = max(range(6), key=lambda n: iou(faces[n]["box"], group_box(example, "C003")))
-    at.radio(key="enroll_pick_0_1").set_value(wanted).run()
+    at.radio(key=pick.key).set_value(wanted).run()
     assert not at.button(key="enroll_submit").disabled
 
     at.button(key="enroll_submit").click().run()

@@ -94,7 +94,10 @@ def test_original_photo_of_a_face(client: TestClient, auth, photos: Photos) -> N
     child = create_child(client, staff, "P", "Pia")
     sent = photos.person(4, 0)
     face_id = enroll(client, staff, child, sent)["photos"][0]["enrolled_face_id"]
-    response = client.get(f"/faces/{face_id}/photo", headers=auth("viewer"))
+    # a whole photo may show others: staff only
+    assert client.get(f"/faces/{face_id}/photo", headers=auth("viewer")).status_code == 403
+    assert client.get(f"/faces/{face_id}/photo", headers=auth(key="enroll")).status_code == 403
+    response = client.get(f"/faces/{face_id}/photo", headers=staff)
     assert response.status_code == 200 and response.content == sent
     assert response.headers["content-type"] == "image/jpeg"
     assert "no-store" in response.headers["cache-control"]

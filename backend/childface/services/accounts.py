@@ -295,15 +295,19 @@ def login(
 
     Unknown names, inactive accounts and wrong passwords get the same error
     after the same work (one argon2 verify), so sign-in does not reveal who
-    exists. Failures are counted per client address and per (address, name)
-    (`login_throttle`); over the limit, `TooManyAttempts` is raised before any
-    password is checked. The password is verified outside any write
+    exists. Each attempt is counted per client address and per (address, name)
+    before its password is checked, and given back when it succeeds
+    (`login_throttle`); over the limit, `TooManyAttempts` is raised without any
+    check, so parallel attempts cannot get past it. The password is verified outside any write
     transaction; the write that follows is short and re-checks that the hash
     did not change meanwhile.
     """
     now = datetime.now(UTC)
     keys = login_throttle.keys_for(client_address, username)
     wait = login_throttle.retry_after(db=db, keys=keys, now=now)
+    if wait is None:
+        with db.transaction() as session:  # short: counted before the check, so a burst cannot pass
+            wait = login_throttle.reserve(session=session, keys=keys, policy=policy, now=now)
     if wait is not None:
         raise TooManyAttempts(wait)
     with db.session() as session:
@@ -321,8 +325,7 @@ def login(
                 select(User.password_hash, User.active).where(User.id == user.id)
             ).one_or_none()
             valid = current is not None and current.active and current.password_hash == checked_hash
-        if not valid:
-            login_throttle.record_failure(session=session, keys=keys, policy=policy, now=now)
+        if not valid:  # the failure was counted by `reserve`
             if known:
                 # one atomic statement: parallel failures are never lost (no read-modify-write)
                 session.execute(
@@ -333,7 +336,7 @@ def login(
             if new_hash is not None:
                 changes["password_hash"] = new_hash
             session.execute(update(User).where(User.id == user.id).values(**changes))
-            login_throttle.clear_account(session=session, keys=keys)
+            login_throttle.release(session=session, keys=keys)
             session.add(StaffSession(token_hash=_sha256(token), user_id=user.id, expires_at=now + ttl))
             session.execute(delete(StaffSession).where(StaffSession.expires_at < now))
     if not valid:

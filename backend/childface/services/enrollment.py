@@ -522,7 +522,8 @@ def _store_face(
     assert photo.rgb is not None and photo.sha256 is not None
     height, width = photo.rgb.shape[:2]
     with runtime.db.unit_of_work(actor) as uow:
-        if get_child_row(uow.session, child_id).status != ChildStatus.active:
+        # locked: an erasure of the child in flight ends before this face is written (then 404)
+        if get_child_row(uow.session, child_id, lock=True).status != ChildStatus.active:
             raise Conflict(f"child {child_id} was archived meanwhile", code="child_not_active")
         face = persist_face(
             uow.session,

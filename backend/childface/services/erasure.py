@@ -65,14 +65,16 @@ from childface.db.models import (
     Face,
     Image,
     ImportRun,
+    ImportStatus,
     ReviewItem,
     ReviewStatus,
 )
 from childface.db.session import Actor, Database
 from childface.services.children import get_child_row
-from childface.services.errors import InvalidInput
+from childface.services.errors import Conflict, InvalidInput
 from childface.services.file_journal import journal_deletions, sweep
 from childface.services.media import MediaStore, atomic_write
+from childface.services.text_input import normalise
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,14 @@ def erase_child(
     with db.unit_of_work(actor) as uow:
         session = uow.session
         children = _children_to_erase(session, child_id)
+        running = session.scalar(select(ImportRun.id).where(ImportRun.status == ImportStatus.running))
+        if running is not None:
+            # a running import holds the child in memory and writes its report at the end: it would
+            # re-create the child, fail on it, or keep its lines in a report erasure cannot reach
+            raise Conflict(
+                f"import run {running} is running: erase the child after it has finished",
+                code="import_running",
+            )
         root_id, root_external_id = children[0].id, children[0].external_id
         child_ids = [c.id for c in children]
         identity = _Identity.of(session, children)
@@ -263,6 +273,10 @@ def _delete_faces(session: Session, face_ids: list[int]) -> list[tuple[int, str,
     if not face_ids:
         return []
     image_ids = set(session.scalars(select(Face.image_id).where(Face.id.in_(face_ids))))
+    # lock the photos first (in id order, like every writer of faces): a face another writer is
+    # adding to one of them right now is then either committed and seen below, or waits and finds
+    # the photo row gone; without the lock a stale "no face left" would cascade its new face away
+    session.execute(select(Image.id).where(Image.id.in_(image_ids)).order_by(Image.id).with_for_update())
     session.execute(delete(ReviewItem).where(ReviewItem.face_id.in_(face_ids)))
     session.execute(delete(Embedding).where(Embedding.face_id.in_(face_ids)))
     session.execute(delete(Face).where(Face.id.in_(face_ids)))
@@ -391,7 +405,8 @@ def _rewrite_report(path: Path, identity: _Identity, face_ids: Collection[int]) 
     def erased(row: list[str]) -> bool:
         # report cells a spreadsheet would run start with a quote: compare without it
         cell = row[child_col] if child_col < len(row) else ""
-        if cell in identity.external_ids or (cell.startswith("'") and cell[1:] in identity.external_ids):
+        # as stored: the report keeps the CSV's raw text, the database its normalised form
+        if normalise(cell.removeprefix("'")) in identity.external_ids:
             return True
         return face_col is not None and face_col < len(row) and row[face_col] in faces
 

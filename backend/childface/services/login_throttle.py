@@ -79,7 +79,10 @@ def _digest(value: str) -> str:
 
 
 def retry_after(*, db: Database, keys: ThrottleKeys, now: datetime) -> int | None:
-    """Seconds until these keys may try again, or None when they may try now (a read, no lock)."""
+    """Seconds until these keys may try again, or None when they may try now (a read, no lock).
+
+    A cheap first look, so a throttled flood takes no write lock; `reserve` decides.
+    """
     with db.session() as session:
         blocked = session.scalar(
             select(LoginThrottle.blocked_until)
@@ -92,33 +95,49 @@ def retry_after(*, db: Database, keys: ThrottleKeys, now: datetime) -> int | Non
     return max(1, math.ceil((blocked - now).total_seconds()))
 
 
-def record_failure(*, session: Session, keys: ThrottleKeys, policy: ThrottlePolicy, now: datetime) -> None:
-    """Count one failed sign-in on both keys, in the caller's (short) write transaction.
+def reserve(*, session: Session, keys: ThrottleKeys, policy: ThrottlePolicy, now: datetime) -> int | None:
+    """Count this attempt as a failure on both keys BEFORE its password is checked; None when allowed.
 
-    Each count is one atomic upsert, so parallel failures are never lost on
-    either back end; a key that reaches its limit is blocked for one window.
+    Counting first is what holds the limit under parallel attempts: a burst of 40
+    at once gets `limit` checks, the rest are refused without hashing. Each count is
+    one atomic conditional upsert that only moves while the key is under its limit;
+    a key at its limit is blocked for one window and the seconds to wait are
+    returned, with neither count moved. A
+    successful sign-in gives its count back (`release`). Commit the caller's
+    transaction either way: a refusal leaves the key blocked for one window.
     """
     _prune(session, policy, now)
     for key, limit in (
         (keys.address, policy.max_failures_per_address),
         (keys.account, policy.max_failures_per_account_address),
     ):
-        failures = _count(session, key, policy.window, now)
-        if failures >= limit:
+        if not _count(session, key, limit, policy.window, now):
+            session.rollback()  # this attempt counts on neither key; the block below is all it leaves
             session.execute(
                 LoginThrottle.__table__.update()
                 .where(LoginThrottle.key == key)
                 .values(blocked_until=now + policy.window)
             )
+            return max(1, math.ceil(policy.window.total_seconds()))
+    return None
 
 
-def clear_account(*, session: Session, keys: ThrottleKeys) -> None:
-    """Forget the failures of this address and name (after a successful sign-in)."""
+def release(*, session: Session, keys: ThrottleKeys) -> None:
+    """A successful sign-in: its reserved count goes back, and the address+name counter is cleared."""
+    table = LoginThrottle.__table__
+    session.execute(
+        table.update()
+        .where(table.c.key == keys.address, table.c.failures > 0)
+        .values(failures=table.c.failures - 1)
+    )
     session.execute(delete(LoginThrottle).where(LoginThrottle.key == keys.account))
 
 
-def _count(session: Session, key: str, window: timedelta, now: datetime) -> int:
-    """Add one failure to `key` (starting a new window when the last one ended); returns the count."""
+def _count(session: Session, key: str, limit: int, window: timedelta, now: datetime) -> bool:
+    """Add one failure to `key` if it is under `limit` (a new window when the last one ended).
+
+    Returns whether it was counted: False when the key already has `limit` failures in its window.
+    """
     table = LoginThrottle.__table__
     insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
     expired = table.c.window_started_at <= now - window
@@ -132,10 +151,11 @@ def _count(session: Session, key: str, window: timedelta, now: datetime) -> int:
                 "window_started_at": case((expired, started), else_=table.c.window_started_at),
                 "blocked_until": case((expired, null()), else_=table.c.blocked_until),
             },
+            where=or_(expired, table.c.failures < limit),
         )
         .returning(table.c.failures)
     )
-    return int(session.execute(statement).scalar_one())
+    return session.execute(statement).scalar_one_or_none() is not None
 
 
 def _prune(session: Session, policy: ThrottlePolicy, now: datetime) -> None:

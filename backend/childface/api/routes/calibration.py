@@ -35,7 +35,7 @@ def calibration(
     target_far: Annotated[float, Query(gt=0.0, lt=1.0, description="False-match rate to aim for")] = 1e-3,
 ) -> CalibrationPublic:
     try:
-        report, png = calibration_page(runtime.db, runtime.settings, target_far=target_far)
+        report, png = calibration_page(runtime.db, runtime.current_settings(), target_far=target_far)
     except EvaluationError as exc:
         raise InvalidInput(str(exc), code="cannot_calibrate") from None
     return CalibrationPublic(report=report, plot_png=base64.b64encode(png).decode())

@@ -35,8 +35,12 @@ def face_thumbnail(face_id: PathId, _: Reader, runtime: RuntimeDep) -> Response:
     response_class=Response,
     responses={200: {"content": {"image/*": {}}, "description": "The stored photo the face was found in"}},
 )
-def face_photo(face_id: PathId, _: Reader, runtime: RuntimeDep) -> Response:
-    """The original photo of a face, byte for byte as it was enrolled, imported or recognised."""
+def face_photo(face_id: PathId, _: Writer, runtime: RuntimeDep) -> Response:
+    """The original photo of a face, byte for byte as it was enrolled, imported or recognised.
+
+    Staff only (`write`): a whole photo may show other children and bystanders, where a
+    thumbnail shows one face.
+    """
     data, media_type = faces.original_photo(db=runtime.db, media=runtime.media, face_id=face_id)
     return Response(data, media_type=media_type, headers={"Cache-Control": "private, no-store"})
 

@@ -93,9 +93,10 @@ def review_duplicates(
     Pairs dismissed as "not the same child" never come back. When one face alone
     makes a pair, `suspect_face_id` names it: move it rather than merge.
     """
-    used = runtime.settings.review_threshold if threshold is None else threshold
+    settings = runtime.current_settings()  # thresholds another process changed a moment ago count
+    used = settings.review_threshold if threshold is None else threshold
     pairs = duplicates.find_duplicates(
-        db=runtime.db, settings=runtime.settings, model_db_id=runtime.model_db_id, threshold=used, limit=limit
+        db=runtime.db, settings=settings, model_db_id=runtime.model_db_id, threshold=used, limit=limit
     )
     return DuplicatesResponse(
         threshold=used,

@@ -1,4 +1,4 @@
-"""A recognition that searched before an erasure committed must not queue the erased child again."""
+"""Erasure against work in flight: a search that ran before it, an import that is still running."""
 
 from __future__ import annotations
 
@@ -51,3 +51,23 @@ def test_review_queued_after_an_erasure_drops_the_erased_child(
         item = session.get(ReviewItem, second_queued.review_id)
         assert [c["child_id"] for c in item.candidates] == [kept]
     assert not list(runtime.media.root.rglob(f"{first.sha256}.*"))
+
+
+def test_erasure_waits_for_a_running_import(client: TestClient, auth, runtime) -> None:  # noqa: ANN001
+    """A running import holds its children in memory and writes its report at the end: erasure waits."""
+    from childface.db.models import ImportRun, ImportStatus
+
+    child = create_child(client, auth("staff"), "W-1", "Wanda")
+    with runtime.db.transaction() as session:
+        run = ImportRun(source_name="w.csv", status=ImportStatus.running, started_by="test")
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    admin = auth("admin")
+    refused = client.post(f"/children/{child}/erase", json={"confirm": "ERASE"}, headers=admin)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "import_running"
+    assert client.get(f"/children/{child}", headers=admin).status_code == 200
+    with runtime.db.transaction() as session:
+        session.get(ImportRun, run_id).status = ImportStatus.finished
+    erased = client.post(f"/children/{child}/erase", json={"confirm": "ERASE"}, headers=admin)
+    assert erased.status_code == 200
