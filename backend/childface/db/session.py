@@ -160,6 +160,8 @@ class Database:
             except OSError as exc:
                 raise DatabaseError(f"cannot create the database file {sqlite_path}: {exc}") from exc
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        #: SQLite: an erasure's write-ahead-log checkpoint did not complete yet (readers held it off)
+        self.scrub_pending = False
         try:
             # hide_parameters: a logged database error must not print the values (names, external ids)
             self.engine = create_engine(
@@ -229,7 +231,9 @@ class Database:
         table). Returns whether it completed; logs a warning when it could not.
         """
         if self.is_sqlite:
-            return self._checkpoint_truncate()
+            # until a checkpoint completes, housekeeping and the next start retry it (`scrub_pending`)
+            self.scrub_pending = not self._checkpoint_truncate()
+            return not self.scrub_pending
         try:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 preparer = self.engine.dialect.identifier_preparer

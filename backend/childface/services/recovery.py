@@ -151,6 +151,9 @@ def recover(*, settings: Settings, db: Database, media: MediaStore, apply: bool 
     for path in folders:
         shutil.rmtree(path, ignore_errors=True)
     report.runs_failed = importing.fail_interrupted_runs(db, stale_after_s=importing.STALE_AFTER_S)
+    if db.is_sqlite:
+        # a process that died before its post-erasure checkpoint left erased pages in the -wal file
+        db.scrub_freed_pages(())
     return report
 
 
@@ -181,6 +184,8 @@ class Housekeeper:
             db=self.db, media=self.media, pending_grace_s=self.settings.pending_write_grace_s
         )
         failed = importing.fail_interrupted_runs(self.db, stale_after_s=importing.STALE_AFTER_S)
+        if self.db.scrub_pending:  # an erasure's checkpoint was held off by readers: try again
+            self.db.scrub_freed_pages(())
         if deleted or failed:
             log.info("housekeeping: %d journaled file(s) deleted, interrupted import run(s) %s marked "
                      "failed (%.2f s)", deleted, failed or "none", time.perf_counter() - started)
