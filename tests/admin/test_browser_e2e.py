@@ -58,6 +58,40 @@ def admin_url(api: LiveApi, tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
+def idle(page) -> None:  # noqa: ANN001 - playwright's Page, imported late
+    """Wait until the page's script run has ended (a click during a run can be lost in its rerun)."""
+    page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached")
+
+
+def open_new_child_form(page):  # noqa: ANN001, ANN201 - playwright's Page and Locator, imported late
+    """Open the Enroll page's "add a new child" expander (unless it is open) and return its ID field.
+
+    A closed expander keeps its fields in the page, visible to a locator but inert: ask the
+    expander itself whether it is open.
+    """
+    from playwright.sync_api import expect
+
+    summary = page.get_by_text("The child is not in the list")
+    expect(summary).to_be_visible()
+    details = page.locator("details").filter(has_text="The child is not in the list").first
+    if details.get_attribute("open") is None:
+        summary.click()
+    new_id = page.get_by_role("textbox", name="ID (as in your records)")
+    expect(new_id).to_be_editable()
+    return new_id
+
+
+def sign_in(page, admin_url: str, user: str) -> None:  # noqa: ANN001 - playwright's Page, imported late
+    """Open the admin and sign in as one of the suite's staff accounts; the Children page shows."""
+    from playwright.sync_api import expect
+
+    page.goto(admin_url)
+    page.get_by_role("textbox", name="Username").fill(user)
+    page.get_by_role("textbox", name="Password").fill(PASSWORDS[user])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Children")).to_be_visible()
+
+
 def test_sign_in_enroll_and_recognise_in_chromium(
     admin_url: str, example: ExampleDataset, tmp_path: Path
 ) -> None:
@@ -71,19 +105,12 @@ def test_sign_in_enroll_and_recognise_in_chromium(
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(TIMEOUT_MS)
         try:
-            page.goto(admin_url)
-            page.get_by_role("textbox", name="Username").fill("staff")
-            page.get_by_role("textbox", name="Password").fill(PASSWORDS["staff"])
-            page.get_by_role("button", name="Sign in").click()
-            expect(page.get_by_role("heading", name="Children")).to_be_visible()
+            sign_in(page, admin_url, "staff")
 
             page.get_by_role("link", name="Enroll").click()
             expect(page.get_by_role("heading", name="Enroll photos")).to_be_visible()
-            expander = page.get_by_text("The child is not in the list")
-            expect(expander).to_be_visible()
-            new_id = page.get_by_role("textbox", name="ID (as in your records)")
-            if not new_id.is_visible():  # open unless it opened by itself (no children yet)
-                expander.click()
+            idle(page)
+            new_id = open_new_child_form(page)
             new_id.fill(name.replace(" ", "-"))
             page.get_by_role("textbox", name="Name", exact=True).fill(name)
             page.get_by_role("button", name="Add child").click()

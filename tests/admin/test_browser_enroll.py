@@ -11,16 +11,19 @@ import pytest
 from childface.services.enrollment import iou
 from childface.services.sample_data import ExampleDataset
 
-from .conftest import PASSWORDS, LiveApi, client, photo, unique
-from .test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, admin_url  # noqa: F401 - a fixture
+from .conftest import LiveApi, client, photo, unique
+from .test_browser_e2e import (  # noqa: F401 - admin_url is a fixture
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    admin_url,
+    idle,
+    open_new_child_form,
+    sign_in,
+)
 from .test_enroll import group_box
 
 pytestmark = pytest.mark.browser
-
-
-def idle(page) -> None:  # noqa: ANN001 - playwright's Page, imported late
-    """Wait until the page's script run has ended (a click during a run can be lost in its rerun)."""
-    page.wait_for_selector('[data-testid="stStatusWidgetRunningIcon"]', state="detached")
 
 
 def test_enroll_from_a_group_photo_by_picking_the_face_in_chromium(
@@ -40,20 +43,12 @@ def test_enroll_from_a_group_photo_by_picking_the_face_in_chromium(
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(TIMEOUT_MS)
         try:
-            page.goto(admin_url)
-            page.get_by_role("textbox", name="Username").fill("staff")
-            page.get_by_role("textbox", name="Password").fill(PASSWORDS["staff"])
-            page.get_by_role("button", name="Sign in").click()
-            expect(page.get_by_role("heading", name="Children")).to_be_visible()
+            sign_in(page, admin_url, "staff")
 
             page.get_by_role("link", name="Enroll").click()
             expect(page.get_by_role("heading", name="Enroll photos")).to_be_visible()
             idle(page)
-            expander = page.get_by_text("The child is not in the list")
-            expect(expander).to_be_visible()
-            new_id = page.get_by_role("textbox", name="ID (as in your records)")
-            if not new_id.is_visible():  # open unless it opened by itself (no children yet)
-                expander.click()
+            new_id = open_new_child_form(page)
             new_id.fill(name.replace(" ", "-"))
             page.get_by_role("textbox", name="Name", exact=True).fill(name)
             idle(page)
