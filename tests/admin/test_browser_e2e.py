@@ -81,6 +81,20 @@ def open_new_child_form(page):  # noqa: ANN001, ANN201 - playwright's Page and L
     return new_id
 
 
+def add_child_on_enroll_page(page, name: str) -> None:  # noqa: ANN001 - playwright's Page
+    """Open the Enroll page and add a child (ID: the name with dashes) through its form."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("link", name="Enroll").click()
+    expect(page.get_by_role("heading", name="Enroll photos")).to_be_visible()
+    idle(page)
+    open_new_child_form(page).fill(name.replace(" ", "-"))
+    page.get_by_role("textbox", name="Name", exact=True).fill(name)
+    idle(page)
+    page.get_by_role("button", name="Add child").click()
+    expect(page.get_by_text(f"Added {name}.")).to_be_visible()
+
+
 def sign_in(page, admin_url: str, user: str) -> None:  # noqa: ANN001 - playwright's Page, imported late
     """Open the admin and sign in as one of the suite's staff accounts; the Children page shows."""
     from playwright.sync_api import expect
@@ -107,14 +121,7 @@ def test_sign_in_enroll_and_recognise_in_chromium(
         try:
             sign_in(page, admin_url, "staff")
 
-            page.get_by_role("link", name="Enroll").click()
-            expect(page.get_by_role("heading", name="Enroll photos")).to_be_visible()
-            idle(page)
-            new_id = open_new_child_form(page)
-            new_id.fill(name.replace(" ", "-"))
-            page.get_by_role("textbox", name="Name", exact=True).fill(name)
-            page.get_by_role("button", name="Add child").click()
-            expect(page.get_by_text(f"Added {name}.")).to_be_visible()
+            add_child_on_enroll_page(page, name)
 
             page.locator('input[type="file"]').first.set_input_files(str(example.images_dir / "c002" /
                                                                          "portrait.jpg"))

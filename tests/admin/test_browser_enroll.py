@@ -16,9 +16,9 @@ from .test_browser_e2e import (  # noqa: F401 - admin_url is a fixture
     CHROMIUM,
     CHROMIUM_ARGS,
     TIMEOUT_MS,
+    add_child_on_enroll_page,
     admin_url,
     idle,
-    open_new_child_form,
     sign_in,
 )
 from .test_enroll import group_box
@@ -45,15 +45,7 @@ def test_enroll_from_a_group_photo_by_picking_the_face_in_chromium(
         try:
             sign_in(page, admin_url, "staff")
 
-            page.get_by_role("link", name="Enroll").click()
-            expect(page.get_by_role("heading", name="Enroll photos")).to_be_visible()
-            idle(page)
-            new_id = open_new_child_form(page)
-            new_id.fill(name.replace(" ", "-"))
-            page.get_by_role("textbox", name="Name", exact=True).fill(name)
-            idle(page)
-            page.get_by_role("button", name="Add child").click()
-            expect(page.get_by_text(f"Added {name}.")).to_be_visible()
+            add_child_on_enroll_page(page, name)
 
             page.locator('input[type="file"]').first.set_input_files(str(example.images_dir / "group/t1.jpg"))
             expect(page.get_by_text(f"t1.jpg: {len(faces)} faces. Which one is {name}?")).to_be_visible()
