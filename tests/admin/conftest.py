@@ -22,7 +22,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from childface.api.app import create_app
-from childface.api.benchmark import serve_in_thread
+from childface.bench.api import serve_in_thread
 from childface.config import Settings
 from childface.db import Actor, Database
 from childface.services import accounts

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from childface.api.admin_bench import DETAIL_FACES, run_admin_benchmark
+from childface.bench.admin import DETAIL_FACES, run_admin_benchmark
 from childface.config import Settings
 
 PAGES = {

@@ -18,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from childface.api.benchmark import serve_in_thread
+from childface.bench.api import serve_in_thread
 from childface.db.models import AuditEvent, Face, ReviewState
 
 from .support import Photos, jpeg, on_canvas, variation

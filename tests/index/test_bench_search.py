@@ -7,8 +7,8 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
+from childface.bench.search import exact_top_k, face_like_data, gallery_sizes
 from childface.cli import app
-from childface.index.benchmark import exact_top_k, face_like_data, gallery_sizes
 
 KEYS = {
     "n",

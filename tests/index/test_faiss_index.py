@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
+from childface.bench.search import face_like_data
 from childface.index import PAD_ID, FaissIndex, TorchExactIndex, VectorIndex
-from childface.index.benchmark import face_like_data
 
 from .conftest import brute_force, unit_vectors
 

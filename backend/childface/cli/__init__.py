@@ -409,43 +409,6 @@ def settings_with(**overrides: object) -> Settings:
         ))
 
 
-def bench_settings(device: str | None) -> Settings:
-    """Settings for a benchmark run on `device` (default: the setting), refusing a CUDA that is not there."""
-    settings = settings_with(device=device)
-    if settings.resolved_device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            fail(f"--device {settings.device} asked for, but torch sees no CUDA device")
-    return settings
-
-
-@bench_app.command("pipeline")
-def bench_pipeline(
-    images: Annotated[
-        Path | None,
-        typer.Option(help="Folder of photos. Default: insightface's t1.jpg and a 640x480 astronaut."),
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda[:N]; default: the setting.")] = None,
-    repeat: Annotated[int, typer.Option(min=1, help="Timed passes over the images.")] = 5,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: setting).")] = None,
-    dlib: Annotated[bool, typer.Option("--dlib/--no-dlib", help="Also time the dlib pipeline.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """Time our pipeline against face_recognition/dlib's on the same images (figures, not a test)."""
-    from childface.vision import benchmark
-
-    settings = bench_settings(device)
-    if threads is not None:
-        settings = settings.model_copy(update={"torch_threads": threads})
-    try:
-        photos = benchmark.default_images() if images is None else benchmark.folder_images(images)
-        report = benchmark.run_benchmark(settings, photos, repeat=repeat, with_dlib=dlib)
-    except (RuntimeError, ValueError, OSError) as exc:
-        fail(str(exc))
-    typer.echo(json.dumps(report, indent=2) if as_json else benchmark.format_report(report))
-
-
 # ---- index and recognition: reindex, eval, calibrate, bench search ---------
 
 
@@ -598,42 +561,6 @@ def calibrate(
         typer.echo("nothing changed (use --apply to write these thresholds to ./.env)", err=True)
 
 
-
-@bench_app.command("search")
-def bench_search(
-    n: int = typer.Option(100_000, "--n", min=10, help="Largest gallery (10k, 100k, 1M up to n, and n)."),
-    dim: list[int] = typer.Option([128], "--dim", min=2, help="Embedding dimension; repeat for several."),
-    queries: int = typer.Option(1000, "--queries", min=1, help="Query faces per gallery."),
-    k: int = typer.Option(10, "--k", min=1, help="Neighbours per query (recall@k)."),
-    ef_search: list[int] = typer.Option(
-        [], "--ef-search", min=1, help="HNSW efSearch values to sweep (default: the setting)."
-    ),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: the setting)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout (progress goes to stderr)."),
-) -> None:
-    """Vector search speed and recall on face-like synthetic data, against numpy brute force."""
-    import json
-
-    from childface.index.benchmark import run_search_benchmark
-
-    settings = bench_settings(device)
-    report = run_search_benchmark(
-        settings, n=n, dims=dim, n_queries=queries, k=k, ef_search=ef_search, progress=True
-    )
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"bench search on {report['device']} ({report['cpu_count']} CPUs)")
-    columns = ["n", "dim", "index", "recall_at_1", "recall_at_10", "identity_recall_at_1", "p50_ms",
-               "p99_ms", "numpy_p50_ms", "speedup_vs_numpy", "throughput_qps", "build_s"]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "index" else "right")
-    for row in report["results"]:
-        table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
-    Console().print(table)
 
 # ---- import: import, example-dataset, bench import ------------------------
 
@@ -796,116 +723,6 @@ def example_dataset(
     typer.echo(f"wrote {built.rows} rows for {built.children} children: {built.csv_path}")
     typer.echo(f"photos: {built.images_dir} (and the same in {built.zip_path})")
     typer.echo(f"try:  childface import {built.csv_path} --images {built.images_dir} --dry-run")
-
-
-@bench_app.command("import")
-def bench_import(
-    n: Annotated[int, typer.Option("--n", min=1, help="Synthetic 640x480 one-face photos.")] = 1000,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu or cuda (default: the setting).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Photos per pipeline batch.")] = 16,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
-) -> None:
-    """Photos per second of a real CSV import (temporary SQLite DB and media folder)."""
-    from childface.services.import_bench import run_import_benchmark
-
-    settings = bench_settings(device)
-    report = run_import_benchmark(settings, n=n, batch_size=batch_size, progress=not as_json)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-    else:
-        typer.echo(
-            f"{report['photos']} photos in {report['import_seconds']:.1f} s = "
-            f"{report['photos_per_second']:.2f} photos/s on {report['device']} "
-            f"({report['imported']} imported, {report['refused']} refused)"
-        )
-
-
-@bench_app.command("duplicates")
-def bench_duplicates(
-    faces: Annotated[int, typer.Option("--faces", min=2, help="Synthetic templates in the gallery.")] = 10000,
-    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs (the best is reported).")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
-) -> None:
-    """Time of the duplicates report (GET /review/duplicates) over N templates (temporary SQLite DB)."""
-    from childface.services.duplicates_bench import run_duplicates_benchmark
-
-    report = run_duplicates_benchmark(get_settings(), faces=faces, repeat=repeat)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    typer.echo(
-        f"{report['faces']} templates, {report['children']} children: {report['pairs_found']} pairs "
-        f"(planted {report['planted_duplicates']}) at threshold {report['threshold']} in "
-        f"{report['seconds_best']:.3f} s (best of {len(report['seconds_all'])}, {report['cpu_count']} CPUs)"
-    )
-
-
-@bench_app.command("admin")
-def bench_admin(
-    children: Annotated[int, typer.Option("--children", min=1, help="Synthetic children.")] = 10000,
-    faces_per_child: Annotated[
-        int, typer.Option("--faces-per-child", min=0, help="Enrolled faces of each child.")
-    ] = 3,
-    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Rounds (the median is reported).")] = 3,
-    old: Annotated[
-        bool, typer.Option("--old/--no-old", help="Also time the old Children page's API calls.")
-    ] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
-) -> None:
-    """Time of the admin's Children page and Child detail (50 faces) against a live API (temporary DB)."""
-    from childface.api.admin_bench import run_admin_benchmark
-
-    report = run_admin_benchmark(
-        get_settings(), children=children, faces_per_child=faces_per_child, repeat=repeat, old=old,
-        progress=None if as_json else typer.echo,
-    )
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    typer.echo(f"{report['children']} children, {report['faces_per_child']} faces each "
-               f"({report['cpu_count']} CPUs; load average {report['load_average_before'][0]} before, "
-               f"{report['load_average_after'][0]} after):")
-    for name, figures in report["seconds"].items():
-        typer.echo(f"  {name}: {figures['median']:.3f} s (median of {len(figures['all'])})")
-
-
-@bench_app.command("api")
-def bench_api(
-    requests: Annotated[int, typer.Option("--requests", min=1, help="Timed sequential requests.")] = 200,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed requests first.")] = 10,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, help="Also time a burst with this many clients (>1).")
-    ] = 1,
-    device: Annotated[
-        str | None, typer.Option("--device", help="cpu or cuda (default: the setting).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
-) -> None:
-    """End-to-end latency of POST /recognize over HTTP on loopback (temporary SQLite DB and media)."""
-    from childface.api.benchmark import run_api_benchmark
-    from childface.services.errors import DomainError
-
-    settings = bench_settings(device)
-    try:
-        report = run_api_benchmark(settings, requests=requests, warmup=warmup, concurrency=concurrency)
-    except DomainError as exc:
-        fail(exc.message)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    typer.echo(
-        f"POST /recognize, {report['photo']}, on {report['device']} ({report['torch_threads']} threads): "
-        f"p50 {report['p50_ms']:.1f} ms, p95 {report['p95_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms "
-        f"over {report['requests']} requests; pipeline alone p50 {report['pipeline_only_p50_ms']:.1f} ms"
-    )
-    if report["concurrent"]:
-        burst = report["concurrent"]
-        typer.echo(
-            f"{burst['concurrency']} concurrent clients: {burst['requests_per_second']:.1f} requests/s, "
-            f"p50 {burst['p50_ms']:.1f} ms"
-        )
 
 
 def _admin_command(settings: Settings, host: str, port: int) -> tuple[list[str], dict[str, str]]:
@@ -1095,4 +912,4 @@ def serve(
 
 
 # command groups in their own modules register on `app` when imported
-from childface.cli import maintenance  # noqa: E402, F401
+from childface.cli import bench, maintenance  # noqa: E402, F401

@@ -40,7 +40,7 @@ import requests
 from PIL import Image as PILImage
 
 from childface.api.app import create_app
-from childface.api.benchmark import serve_in_thread
+from childface.bench.api import serve_in_thread
 from childface.config import Settings
 from childface.db.migrate import upgrade
 from childface.db.models import Child, Embedding, Face, Image, ImageSource, ReviewState
