@@ -36,6 +36,8 @@ PAGES = {
     "child": page("child_detail.py", "Child detail", ":material/badge:"),
     "review": page("review.py", "Review", ":material/rule:"),
     "recognise": page("recognise.py", "Recognise", ":material/center_focus_strong:"),
+    "attendance": page("attendance.py", "Attendance", ":material/how_to_reg:"),
+    "cameras": page("cameras.py", "Cameras", ":material/videocam:"),
     "import": page("import_csv.py", "Import", ":material/upload_file:"),
     "audit": page("audit.py", "Audit", ":material/history:"),
     "settings": page("settings.py", "Settings", ":material/settings:"),
@@ -43,7 +45,8 @@ PAGES = {
 }
 #: which pages each permission opens (the API enforces the same rules)
 NEEDS = {"children": "read", "child": "read", "audit": "read", "enroll": "enroll", "import": "enroll",
-         "review": "write", "recognise": "recognize", "settings": "admin", "staff": "admin"}
+         "review": "write", "recognise": "recognize", "attendance": "read", "cameras": "read",
+         "settings": "admin", "staff": "admin"}
 
 st.session_state.pages = PAGES
 ui.restore_session()

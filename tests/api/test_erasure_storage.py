@@ -7,13 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import create_engine, select, text
 
 from childface.config import Settings
 from childface.db import Database
-from childface.db.models import Embedding, Face
+from childface.db.models import Embedding, Face, Sighting
 from childface.index import FaissIndex
 from childface.services.runtime import Runtime
+from childface.services.sightings import record_track
+from services.tracks import track
 
 from .support import Photos, create_child, enroll
 
@@ -114,6 +117,15 @@ def test_database_files_keep_no_erased_bytes(
     enroll(client, staff, child, photos.person(7, 0), photos.person(7, 1))
     erased = _vectors(runtime, child)
     secrets = [*erased.values(), name.encode(), b"QE-913"]
+    # seen on video: a sighting with its crop, an arrival, and webhook events that name the child
+    runtime.settings = runtime.settings.model_copy(
+        update={"webhook_urls": ["http://127.0.0.1:9/hook"], "webhook_secret": SecretStr("k")}
+    )
+    seen = track(runtime, photos.person(7, 2), track_id="t-1")
+    assert record_track(runtime, seen) == ["arrival", "sighting"]
+    with runtime.db.session() as session:
+        crop = runtime.media.absolute(session.scalar(select(Sighting.best_crop_path)))
+    assert crop.exists()
 
     if runtime.db.is_sqlite:
         database = Path(runtime.db.engine.url.database)
@@ -125,6 +137,7 @@ def test_database_files_keep_no_erased_bytes(
 
     response = client.post(f"/children/{child}/erase", json=ERASE, headers=admin)
     assert response.status_code == 200, response.text
+    assert not crop.exists()
 
     if runtime.db.is_sqlite:
         # secure_delete zeroed the freed cells, and the write-ahead log was checkpointed and truncated
@@ -134,7 +147,8 @@ def test_database_files_keep_no_erased_bytes(
     else:
         # PostgreSQL: dead row versions are left to VACUUM, which the erasure ran on the touched tables
         counts = _vacuum_counts(db_url)
-        assert all(counts[t] > vacuums[t] for t in ("children", "faces", "embeddings", "audit_events"))
+        touched = ("children", "faces", "embeddings", "audit_events", "sightings", "webhook_deliveries")
+        assert all(counts[t] > vacuums[t] for t in touched)
 
 
 def _vacuum_counts(url: str) -> dict[str, int]:

@@ -257,8 +257,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         imports,
         recognition,
         review,
+        sightings,
     )
     from childface.api.routes import settings as settings_routes
+    from childface.services.webhooks import WebhookWorker
 
     if settings is None:
         settings = runtime.settings if runtime is not None else get_settings()
@@ -269,7 +271,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         if getattr(app.state, "runtime", None) is None:
             app.state.runtime = Runtime(settings)
         await run_in_threadpool(app.state.runtime.start)
+        # delivers the video events' webhooks (the outbox rows `childface watch` writes)
+        webhook_worker = WebhookWorker(app.state.runtime.db, app.state.runtime.settings).start()
         yield
+        await run_in_threadpool(webhook_worker.stop)
         if owned:
             await run_in_threadpool(app.state.runtime.close)
 
@@ -291,7 +296,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.rate_limit = AddressRateLimit(settings.rate_limit_unauthenticated)
     _install_error_handlers(app)
     for module in (health, auth, children, faces, recognition, review, audit, admin, settings_routes, imports,
-                   calibration):
+                   calibration, sightings):
         # every route refuses query parameters it does not declare (422, naming them)
         app.include_router(module.router, dependencies=[STRICT_QUERY])
     docs = {app.openapi_url, "/docs", app.swagger_ui_oauth2_redirect_url, "/redoc"} - {None}

@@ -9,13 +9,14 @@ their sessions and API keys, the recognition review queue and import runs.
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -448,3 +449,120 @@ class RuntimeSetting(Base):
     value: Mapped[Any] = mapped_column(JSON)
     updated_by: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
+
+
+# ---- video: sightings, arrivals, cameras, webhook outbox (`childface watch`) -------------------------
+
+
+class SightingDecision(enum.StrEnum):
+    match = "match"
+    review = "review"
+    unknown = "unknown"
+
+
+class CameraState(enum.StrEnum):
+    starting = "starting"
+    running = "running"
+    reconnecting = "reconnecting"
+    stopped = "stopped"
+    error = "error"
+
+
+class Sighting(Base):
+    """One track of one face at one video source: who (or unknown), how sure, when, its best crop.
+
+    Upserted by (source, track_id) while the track lives; `final` once it ended.
+    `child_id` is the matched child (decision match) or the leading candidate
+    (review); never set for unknown people. Erasure of a child keeps the row (the
+    count) without child, score, crop or review face.
+    """
+
+    __tablename__ = "sightings"
+    __table_args__ = (
+        UniqueConstraint("source", "track_id", name="uq_sightings_source_track"),
+        Index("ix_sightings_first_seen", "first_seen"),
+        NO_ID_REUSE,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(100))
+    track_id: Mapped[str] = mapped_column(String(64))
+    child_id: Mapped[int | None] = mapped_column(ForeignKey("children.id", ondelete="SET NULL"), index=True)
+    decision: Mapped[SightingDecision] = mapped_column(_enum(SightingDecision, "sighting_decision"))
+    score: Mapped[float | None] = mapped_column(Float)
+    first_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    frames: Mapped[int] = mapped_column(Integer)
+    #: media-relative path of the private JPEG crop (an `images` row, source `recognition`)
+    best_crop_path: Mapped[str | None] = mapped_column(String(500))
+    #: the review-queue face of a review track
+    face_id: Mapped[int | None] = mapped_column(ForeignKey("faces.id", ondelete="SET NULL"), index=True)
+    final: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Arrival(Base):
+    """A child's first confident match of a day (local day in `attendance_timezone`), at any source.
+
+    UNIQUE(child_id, day): two processes, or a restarted one, cannot record a second arrival.
+    """
+
+    __tablename__ = "arrivals"
+    __table_args__ = (
+        UniqueConstraint("child_id", "day", name="uq_arrivals_child_day"),
+        NO_ID_REUSE,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    child_id: Mapped[int] = mapped_column(ForeignKey("children.id", ondelete="CASCADE"), index=True)
+    day: Mapped[date] = mapped_column(Date, index=True)
+    source: Mapped[str] = mapped_column(String(100))
+    sighting_id: Mapped[int | None] = mapped_column(ForeignKey("sightings.id", ondelete="SET NULL"))
+    arrived_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class CameraStatus(Base):
+    """A video source's heartbeat, and the latest annotated frame when someone asked for one."""
+
+    __tablename__ = "camera_status"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    #: "file" | "webcam" | "stream"
+    uri_kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[CameraState] = mapped_column(_enum(CameraState, "camera_state"))
+    fps: Mapped[float | None] = mapped_column(Float)
+    faces_per_s: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    frame_requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: written only on request; dropped once served or when older than a minute
+    frame_jpeg: Mapped[bytes | None] = mapped_column(LargeBinary)
+    frame_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one webhook URL, written in the transaction of what it announces.
+
+    `child_id` ties an event about a child to it: erasing the child deletes its
+    events, delivered or not (their payloads name the child).
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        NO_ID_REUSE,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2000))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    child_id: Mapped[int | None] = mapped_column(ForeignKey("children.id", ondelete="CASCADE"), index=True)
+    #: "pending" | "delivered" | "failed"
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

@@ -13,7 +13,12 @@ and every child merged into it (followed through chains of merges):
   from their candidate lists;
 - what earlier audit events say about them (redaction, below);
 - their lines in stored import reports, and their external id or name in an
-  import run's error text.
+  import run's error text;
+- video: their arrivals and webhook events (delivered or not), and their
+  entries in other children's `review` events' candidate lists; their
+  sightings, and those of the review faces that go, stay as counts (source,
+  times, decision) without child, score, crop or review face
+  (`services.sightings.erase_sightings`).
 
 Why redaction of the audit trail
 --------------------------------
@@ -74,6 +79,7 @@ from childface.services.children import get_child_row
 from childface.services.errors import Conflict, InvalidInput
 from childface.services.file_journal import journal_deletions, sweep
 from childface.services.media import MediaStore, atomic_write
+from childface.services.sightings import erase_sightings
 from childface.services.text_input import normalise
 
 log = logging.getLogger(__name__)
@@ -99,6 +105,9 @@ _TOUCHED_TABLES = (
     "audit_events",
     "import_runs",
     "file_deletions",
+    "sightings",
+    "arrivals",
+    "webhook_deliveries",
 )
 
 
@@ -136,6 +145,8 @@ def erase_child(
         identity = _Identity.of(session, children)
         own_faces = list(session.scalars(select(Face.id).where(Face.child_id.in_(child_ids))))
         face_ids = sorted(set(own_faces) | set(_review_faces_proposing(session, set(child_ids))))
+        # before the faces go (their sightings are found by face): rows stay as counts, crops go
+        _, crop_shas = erase_sightings(session, child_ids, face_ids)
         orphaned = _delete_faces(session, face_ids)
         _redact_history(session, child_ids, identity, [sha for _, sha, _ in orphaned])
         _scrub_import_runs(session, identity)
@@ -158,7 +169,7 @@ def erase_child(
         # last, right before the commit: a failed commit then costs report lines of a child that
         # stays, while the other order could leave an erased child's lines in a report for good
         _scrub_import_reports(session, identity, set(face_ids))
-    files_deleted = sweep(db=db, media=media, shas=[sha for _, sha, _ in orphaned])
+    files_deleted = sweep(db=db, media=media, shas=[sha for _, sha, _ in orphaned] + crop_shas)
     db.scrub_freed_pages(_TOUCHED_TABLES)
     log.info("erased child %d (%d children, %d faces)", root_id, len(child_ids), len(face_ids))
     return ErasureReport(
