@@ -8,6 +8,6 @@ COPY pyproject.toml README.md ./
 COPY backend ./backend
 COPY migrations ./migrations
 COPY admin_ui ./admin_ui
-RUN pip install -e '.[postgres]'
+RUN pip install -e '.[postgres,milvus,video]'
 EXPOSE 8000 8501
 CMD ["childface", "serve", "--host", "0.0.0.0"]

@@ -23,6 +23,12 @@ from childface.config import Settings
 from childface.db import Database
 from childface.db.migrate import upgrade
 
+# Before torch or faiss load (their OpenMP runtime reads it once; nothing above loads them): threads
+# that finish a parallel region sleep instead of spinning, as the CLI and the server set it. The two
+# test workers (pyproject's addopts) and the servers and CLIs they start share the cores: spinning
+# threads would fight over them.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Test-only knob: where the PostgreSQL server for the suite is (the package reads no environment).
 PG_SERVER_URL = os.environ.get(
     "CHILDFACE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -160,8 +160,10 @@ def test_serve_refuses_bad_options(serve_env: dict[str, str], tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_bench_api_reports_latency(serve_env: dict[str, str]) -> None:
+    """~20 s: a `childface serve` process starts and loads its models; the clients run in another."""
     result = subprocess.run(
-        [CHILDFACE, "bench", "api", "--requests", "5", "--warmup", "1", "--json"],
+        [CHILDFACE, "bench", "api", "--requests", "4", "--warmup", "1", "--concurrency", "2", "--rounds", "2",
+         "--json"],
         env=serve_env,
         capture_output=True,
         text=True,
@@ -169,7 +171,11 @@ def test_bench_api_reports_latency(serve_env: dict[str, str]) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
-    assert report["requests"] == 5 and report["device"] == "cpu"
-    assert report["decisions"] == {"match": 5}, "the enrolled child's new photo must be recognised"
+    assert report["requests"] == 4 and report["device"] == "cpu" and report["rounds"] == 2
+    assert report["probe_decisions"] == {"match": 3}, "the enrolled child's new photo must be recognised"
+    assert report["sequential"]["requests"] == report["concurrent"]["requests"] == 4
+    assert report["concurrent"]["concurrency"] == 2
+    assert len(report["load_average_before"]) == len(report["load_average_after"]) == 3
     # figures only: which of two timings is larger depends on the machine's load, so no ordering of them
-    assert report["pipeline_only_p50_ms"] > 0 and 0 < report["p50_ms"] <= report["p99_ms"]
+    assert 0 < report["p50_ms"] <= report["p99_ms"] and report["throughput_rps"] > 0
+    assert report["throughput_vs_sequential"] > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 
@@ -27,3 +29,15 @@ def gallery() -> tuple[np.ndarray, np.ndarray]:
     vectors = unit_vectors(2000, 32, seed=1)
     ids = np.arange(2000, dtype=np.int64) * 3 + 10
     return ids, vectors
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One Milvus Lite data path for the whole run (starting Lite costs ~0.5 s); tests keep apart
+    by collection prefix (`milvus_prefix`)."""
+    return str(tmp_path_factory.mktemp("milvus") / "milvus.db")
+
+
+@pytest.fixture
+def milvus_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}_"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import faiss
 import numpy as np
 import pytest
 
@@ -28,6 +29,13 @@ def make_index(backend: str, approximate_above: int = 100) -> VectorIndex:
     )
 
 
+def fill(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Add, then let a FAISS index build HNSW as its background thread would (`add` never does)."""
+    index.add(ids, vectors)
+    if isinstance(index, FaissIndex):
+        index.rebuild_if_needed()
+
+
 def test_exact_search_equals_brute_force(gallery):
     ids, vectors = gallery
     index = make_index("flat")
@@ -46,7 +54,7 @@ def test_exact_search_equals_brute_force(gallery):
 def test_removed_faces_are_never_returned(gallery, backend):
     ids, vectors = gallery
     index = make_index(backend)
-    index.add(ids, vectors)
+    fill(index, ids, vectors)
     gone = ids[::7]
     assert index.remove(gone) == len(gone)
     assert index.count == len(ids) - len(gone)
@@ -62,7 +70,7 @@ def test_removed_faces_are_never_returned(gallery, backend):
 def test_hnsw_recall_on_random_data(gallery):
     ids, vectors = gallery
     index = make_index("hnsw")
-    index.add(ids, vectors)
+    fill(index, ids, vectors)
     assert index.backend == "hnsw"
     queries = unit_vectors(100, DIM, seed=3)
     found, sims = index.search(queries, 10)
@@ -74,7 +82,7 @@ def test_hnsw_recall_on_random_data(gallery):
 def test_hnsw_identity_recall_on_face_like_data():
     data = face_like_data(3000, DIM, n_queries=200, seed=4)
     index = make_index("hnsw")
-    index.add(np.arange(3000), data.gallery)
+    fill(index, np.arange(3000), data.gallery)
     found, _ = index.search(data.queries, 1)
     assert np.mean(data.labels[found[:, 0]] == data.query_labels) >= 0.99
 
@@ -83,7 +91,7 @@ def test_hnsw_identity_recall_on_face_like_data():
 def test_upsert_replaces_never_duplicates(gallery, backend):
     ids, vectors = gallery
     index = make_index(backend)
-    index.add(ids[:500], vectors[:500])
+    fill(index, ids[:500], vectors[:500])
     replacement = unit_vectors(1, DIM, seed=99)
     index.add(ids[:1], replacement)
     index.add(ids[:1], replacement)  # a replayed event: still one entry
@@ -101,7 +109,7 @@ def test_upsert_replaces_never_duplicates(gallery, backend):
 def test_remove_unknown_is_noop_and_contains(gallery, backend):
     ids, vectors = gallery
     index = make_index(backend)
-    index.add(ids[:300], vectors[:300])
+    fill(index, ids[:300], vectors[:300])
     assert index.remove(np.array([1, 2, 10**12])) == 0
     assert index.remove(np.array([], dtype=np.int64)) == 0
     assert index.count == 300
@@ -118,7 +126,7 @@ def test_k_larger_than_count_is_padded(gallery, backend):
     index = make_index(backend, approximate_above=2)
     empty_ids, empty_sims = index.search(vectors[:2], 3)
     assert (empty_ids == PAD_ID).all() and np.isneginf(empty_sims).all()
-    index.add(ids[:5], vectors[:5])
+    fill(index, ids[:5], vectors[:5])
     found, sims = index.search(vectors[:2], 8)
     assert found.shape == (2, 8) and sims.shape == (2, 8)
     assert (found[:, :5] >= 0).all() and (found[:, 5:] == PAD_ID).all()
@@ -172,7 +180,7 @@ def test_switches_to_hnsw_past_threshold_and_back(gallery):
 def test_hnsw_compacts_dead_nodes(gallery):
     ids, vectors = gallery
     index = make_index("hnsw")
-    index.add(ids, vectors)
+    fill(index, ids, vectors)
     index.remove(ids[:300])
     assert index.dead == 300 and not index.needs_rebuild()  # 300 / 1700 < 0.2
     index.remove(ids[300:400])
@@ -238,3 +246,20 @@ def test_concurrent_searches_and_adds_stay_consistent():
     for t in threads:
         t.join(30)
     assert not errors and index.count == 4000
+
+
+@pytest.mark.gpu
+def test_gpu_search_wider_than_faiss_gpu_top_k_limit() -> None:
+    # the gallery asks for up to 4096 faces; FAISS's GPU flat search refuses k > 2048
+    if faiss.get_num_gpus() == 0:
+        pytest.skip("faiss-gpu is not installed or sees no GPU")
+    vectors = unit_vectors(3000, 32, seed=21)
+    ids = np.arange(3000, dtype=np.int64) + 10
+    gpu_index = FaissIndex("m", 32, approximate_above=10**9, gpu_device=0)
+    gpu_index.add(ids, vectors)
+    queries = unit_vectors(3, 32, seed=22)
+    got, sims = gpu_index.search(queries, 2500)
+    want, want_sims = brute_force(ids, vectors, queries, 2500)
+    np.testing.assert_allclose(sims, want_sims, atol=1e-5)
+    assert (got[:, :10] == want[:, :10]).all() and (got >= 0).all()
+    assert gpu_index.search(queries, 10)[0].tolist() == want[:, :10].tolist()  # narrow: on the GPU

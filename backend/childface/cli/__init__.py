@@ -35,6 +35,22 @@ bench_app = typer.Typer(help="Benchmarks (figures, not pass/fail tests).", no_ar
 app.add_typer(bench_app, name="bench")
 
 
+@app.callback()
+def _thread_environment(ctx: typer.Context) -> None:
+    # before any command imports torch or faiss: their OpenMP runtimes read it once, on loading
+    from childface.services.workload import Workload, prepare_environment
+
+    prepare_environment(Workload.REQUEST if ctx.invoked_subcommand == "serve" else Workload.BATCH)
+
+
+def use_threads(settings: Settings, *, serving: bool = False) -> Settings:
+    """Apply the thread policy of batch work (or of the API with `serving`) and return `settings`."""
+    from childface.services.workload import Workload, apply
+
+    apply(Workload.REQUEST if serving else Workload.BATCH, settings)
+    return settings
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print an error for a person and exit non-zero."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -201,6 +217,33 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _doctor_index(settings: Settings, problems: list[str]) -> dict[str, object]:
+    """The index backend; for a Milvus server also whether it answers (a Lite path is not opened:
+    a running server holds it)."""
+    if settings.index_backend != "milvus":
+        return {"backend": "faiss", "dir": str(settings.resolved_index_dir)}
+    info: dict[str, object] = {
+        "backend": "milvus",
+        "pymilvus": _version("pymilvus"),
+        "milvus-lite": _version("milvus-lite"),
+        "collection_prefix": settings.milvus_collection_prefix,
+    }
+    try:
+        from childface.index.milvus_index import milvus_client, normalise_uri
+    except ImportError as exc:
+        problems.append(f"index_backend is milvus but pymilvus is missing ({exc}): pip install '.[milvus]'")
+        return info
+    info["uri"] = normalise_uri(settings.milvus_uri)
+    if "://" in settings.milvus_uri:
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+        try:
+            names = milvus_client(settings.milvus_uri, token).list_collections()
+            info["collections"] = [n for n in names if n.startswith(settings.milvus_collection_prefix)]
+        except Exception as exc:  # noqa: BLE001 - doctor reports every failure instead of stopping
+            problems.append(f"Milvus at {info['uri']} does not answer: {exc}")
+    return info
+
+
 def _doctor_weights(settings: Settings) -> dict[str, str]:
     found: dict[str, str] = {}
     if settings.detector_weights is not None:
@@ -289,6 +332,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         problems.append(f"media folder {media} is not writable")
     report["weights"] = _doctor_weights(settings)
     problems += [f"{k} weights: {v}" for k, v in report["weights"].items() if "MISSING" in v]
+    report["index"] = _doctor_index(settings, problems)
     report["problems"] = problems
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
@@ -329,7 +373,7 @@ def _faces_per_image(paths: list[Path], *, embed: bool):  # noqa: ANN202 - yield
     from childface.vision.decode import ImageDecodeError
     from childface.vision.pipeline import FacePipeline
 
-    pipeline = FacePipeline.from_settings(get_settings())
+    pipeline = FacePipeline.from_settings(use_threads(get_settings()))
     for start in range(0, len(paths), VISION_CHUNK):
         chunk = paths[start : start + VISION_CHUNK]
         images = []
@@ -444,7 +488,7 @@ def reindex(
 
     With --check the exit code is 1 when the index differs from the DB.
     """
-    settings = get_settings()
+    settings = use_threads(get_settings())
     database = migrated_database(settings)
     differ = False
     for gallery in _galleries(settings, database, model):
@@ -454,7 +498,8 @@ def reindex(
             typer.echo(differences.summary())
             differ |= not differences.clean
         else:
-            count = gallery.rebuild()
+            count = gallery.rebuild()  # bulk read of the DB into an exact index
+            gallery.switch_store_now()  # HNSW above the switch point, so the snapshot starts a server ready
             gallery.save()
             typer.echo(
                 f"[{gallery.model_key}] rebuilt {count} faces at seq {gallery.watermark}: {gallery.path}"
@@ -486,7 +531,7 @@ def evaluate_dataset(
     from childface.services.evaluation import EvaluationError, evaluate, plot_png
     from childface.vision.pipeline import FacePipeline
 
-    settings = get_settings()
+    settings = use_threads(get_settings())
     try:
         pipeline = FacePipeline.from_settings(settings)
         report = evaluate(dataset_dir, settings=settings, pipeline=pipeline, enroll=enroll)
@@ -531,7 +576,7 @@ def calibrate(
     """Propose accept/review thresholds from the enrolled gallery; changes nothing unless --apply."""
     from childface.services import evaluation
 
-    settings = get_settings()
+    settings = use_threads(get_settings())
     database = migrated_database(settings)
     try:
         report = evaluation.calibrate(database, settings, target_far=target_far, model_key=model)
@@ -626,7 +671,7 @@ def import_csv(
     from childface.services.consistency import ConsistencyCheck
     from childface.services.errors import DomainError
 
-    settings = get_settings()
+    settings = use_threads(get_settings())
     if images is None and zip_file is None:
         images = csv_path.parent
     try:
@@ -885,6 +930,7 @@ def serve(
         # uvicorn shuts down gracefully on SIGTERM and then re-raises it: with the default handler the
         # process would die before `finally` and leave the admin running; exiting runs the cleanup
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    use_threads(settings, serving=True)
     typer.echo(f"API on {settings.resolved_api_url} (OpenAPI docs at /docs)", err=True)
     try:
         server = uvicorn.Server(
@@ -912,4 +958,4 @@ def serve(
 
 
 # command groups in their own modules register on `app` when imported
-from childface.cli import bench, maintenance  # noqa: E402, F401
+from childface.cli import bench, maintenance, watch  # noqa: E402, F401

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from childface.cli import bench_app, fail, get_settings, settings_with
+from childface.cli import bench_app, fail, get_settings, settings_with, use_threads
 from childface.config import Settings
 
 
@@ -20,7 +20,7 @@ def bench_settings(device: str | None) -> Settings:
 
         if not torch.cuda.is_available():
             fail(f"--device {settings.device} asked for, but torch sees no CUDA device")
-    return settings
+    return use_threads(settings)
 
 
 @bench_app.command("pipeline")
@@ -33,6 +33,9 @@ def bench_pipeline(
     repeat: Annotated[int, typer.Option(min=1, help="Timed passes over the images.")] = 5,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: setting).")] = None,
     dlib: Annotated[bool, typer.Option("--dlib/--no-dlib", help="Also time the dlib pipeline.")] = True,
+    background_load: Annotated[
+        bool, typer.Option("--background-load", help="Run a CPU hog on every core beside the benchmark.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Time our pipeline against face_recognition/dlib's on the same images (figures, not a test)."""
@@ -40,10 +43,12 @@ def bench_pipeline(
 
     settings = bench_settings(device)
     if threads is not None:
-        settings = settings.model_copy(update={"torch_threads": threads})
+        settings = use_threads(settings.model_copy(update={"torch_threads": threads}))
     try:
         photos = benchmark.default_images() if images is None else benchmark.folder_images(images)
-        report = benchmark.run_benchmark(settings, photos, repeat=repeat, with_dlib=dlib)
+        report = benchmark.run_benchmark(
+            settings, photos, repeat=repeat, with_dlib=dlib, background_load=background_load
+        )
     except (RuntimeError, ValueError, OSError) as exc:
         fail(str(exc))
     typer.echo(json.dumps(report, indent=2) if as_json else benchmark.format_report(report))
@@ -161,36 +166,121 @@ def bench_admin(
 
 @bench_app.command("api")
 def bench_api(
-    requests: Annotated[int, typer.Option("--requests", min=1, help="Timed sequential requests.")] = 200,
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Timed requests per phase.")] = 200,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed requests first.")] = 10,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, help="Also time a burst with this many clients (>1).")
+        int, typer.Option("--concurrency", min=1, help="Clients of the concurrent phase (1: none).")
     ] = 1,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=1, help="Sequential and concurrent phases alternate this often.")
+    ] = 3,
+    background_load: Annotated[
+        bool, typer.Option("--background-load", help="Run a CPU hog on every core beside the benchmark.")
+    ] = False,
     device: Annotated[
         str | None, typer.Option("--device", help="cpu or cuda (default: the setting).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
-    """End-to-end latency of POST /recognize over HTTP on loopback (temporary SQLite DB and media)."""
+    """Latency and throughput of POST /recognize: a `childface serve` process, clients in another process."""
     from childface.bench.api import run_api_benchmark
     from childface.services.errors import DomainError
 
     settings = bench_settings(device)
     try:
-        report = run_api_benchmark(settings, requests=requests, warmup=warmup, concurrency=concurrency)
-    except DomainError as exc:
-        fail(exc.message)
+        report = run_api_benchmark(
+            settings, requests=requests, warmup=warmup, concurrency=concurrency, rounds=rounds,
+            background_load=background_load,
+        )
+    except (DomainError, RuntimeError) as exc:
+        fail(getattr(exc, "message", str(exc)))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
+    sequential = report["sequential"]
     typer.echo(
-        f"POST /recognize, {report['photo']}, on {report['device']} ({report['torch_threads']} threads): "
-        f"p50 {report['p50_ms']:.1f} ms, p95 {report['p95_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms "
-        f"over {report['requests']} requests; pipeline alone p50 {report['pipeline_only_p50_ms']:.1f} ms"
+        f"POST /recognize, {report['photo']}, on {report['device']} "
+        f"(load average {report['load_average_before'][0]} before, {report['load_average_after'][0]} after"
+        f"{', CPU hog on every core' if report['background_load'] else ''}):\n"
+        f"  1 client: p50 {sequential['p50_ms']:.1f} ms, p95 {sequential['p95_ms']:.1f} ms, "
+        f"{sequential['throughput_rps']:.2f} requests/s over {sequential['requests']} requests"
     )
     if report["concurrent"]:
         burst = report["concurrent"]
         typer.echo(
-            f"{burst['concurrency']} concurrent clients: {burst['requests_per_second']:.1f} requests/s, "
-            f"p50 {burst['p50_ms']:.1f} ms"
+            f"  {burst['concurrency']} clients: p50 {burst['p50_ms']:.1f} ms, "
+            f"{burst['throughput_rps']:.2f} requests/s = {report['throughput_vs_sequential']:.2f}x one client"
         )
+
+
+@bench_app.command("watch")
+def bench_watch(
+    clip: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A video file. Default: the synthetic clip (five people, three of them enrolled).",
+            exists=True, dir_okay=False, readable=True,
+        ),
+    ] = None,
+    size: Annotated[str, typer.Option(help="Synthetic clip size, WIDTHxHEIGHT (e.g. 1280x720).")] = "640x480",
+    stride: Annotated[int, typer.Option(min=1, help="Detect faces on every N-th frame.")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (tracked run, naive run).")] = 2,
+    naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also time the naive baseline.")] = True,
+    streams: Annotated[
+        int, typer.Option(min=1, help="Copies of the clip watched at once (one process).")
+    ] = 1,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda[:N]; default: the setting.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Live recognition on a clip: frames/s with tracking against every face in every frame (figures)."""
+    from childface.bench import watch as benchmark
+
+    width, sep, height = size.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 160 or int(height) < 120:
+        fail(f"--size wants WIDTHxHEIGHT of at least 160x120, e.g. 1280x720, not {size!r}")
+    try:
+        report = benchmark.run_watch_benchmark(
+            bench_settings(device), clip_path=clip, size=(int(width), int(height)), stride=stride,
+            rounds=rounds, naive=naive, streams=streams,
+        )
+    except (RuntimeError, ValueError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(report, indent=2) if as_json else benchmark.format_report(report))
+
+
+@bench_app.command("scale")
+def bench_scale(
+    faces: Annotated[
+        int, typer.Option("--faces", min=10, help="Synthetic gallery size (5 faces per child).")
+    ],
+    peer: Annotated[
+        int, typer.Option("--peer", min=10, help="Small peer size measured in the same run.")
+    ] = 1_000,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="Vector index backend, e.g. faiss or milvus (setting).")
+    ] = None,
+    requests: Annotated[int, typer.Option(min=5, help="Timed /recognize requests per size.")] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON on stdout (progress on stderr).")
+    ] = False,
+) -> None:
+    """A synthetic N-face gallery built through the bulk path: DB size, rebuild, snapshot load,
+    index memory, identify and /recognize latency, against a small peer in the same run."""
+    from childface.bench.scale import run_scale_benchmark
+
+    settings = bench_settings("cpu")
+    if backend is not None:
+        if backend not in ("faiss", "milvus"):
+            fail(f"--backend must be faiss or milvus, not {backend!r}")
+        settings = settings.model_copy(update={"index_backend": backend})
+
+    def say(message: str) -> None:
+        typer.echo(f"[bench scale] {message}", err=True)
+
+    report = run_scale_benchmark(settings, faces=faces, peer_faces=peer, requests=requests, say=say)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for key, value in report.items():
+        if key != "sizes":
+            typer.echo(f"{key}: {value}")

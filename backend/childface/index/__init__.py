@@ -3,7 +3,9 @@
 `create_index` chooses by `Settings.device`: on the CPU a `FaissIndex` (exact
 flat search, HNSW above `index_approximate_above`); on CUDA a `FaissIndex`
 searching a GPU copy when faiss-gpu sees a GPU, else a `TorchExactIndex`
-(matmul + top-k on the GPU). `load_index` opens that backend's snapshot.
+(matmul + top-k on the GPU). `index_backend = "milvus"` puts the vectors in a
+Milvus collection instead (`MilvusIndex`: Milvus Lite or a server, by URI).
+`load_index` opens that backend's snapshot.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ __all__ = [
 
 
 def _backend(settings: Settings) -> tuple[type[VectorIndex], dict[str, object]]:
+    if settings.index_backend == "milvus":
+        return _milvus_class(), {
+            "uri": settings.milvus_uri,
+            "token": settings.milvus_token.get_secret_value() if settings.milvus_token else None,
+            "collection_prefix": settings.milvus_collection_prefix,
+            "index_type": settings.milvus_index_type,
+            "hnsw_m": settings.index_hnsw_m,
+            "hnsw_ef_construction": settings.index_hnsw_ef_construction,
+            "hnsw_ef_search": settings.index_hnsw_ef_search,
+        }
     device = settings.resolved_device
     if device.startswith("cuda"):
         ordinal = int(device.partition(":")[2] or 0)
@@ -60,6 +72,13 @@ def _backend(settings: Settings) -> tuple[type[VectorIndex], dict[str, object]]:
         "compact_fraction": settings.index_compact_fraction,
         "gpu_device": gpu_device,
     }
+
+
+def _milvus_class() -> type[VectorIndex]:
+    # imported on demand: pymilvus is an optional extra and slow to import
+    from childface.index.milvus_index import MilvusIndex
+
+    return MilvusIndex
 
 
 def create_index(settings: Settings, model_id: str, dim: int) -> VectorIndex:
@@ -91,7 +110,9 @@ def purge_snapshot(path: Path, ids: np.ndarray) -> bool:
     """
     kinds: dict[str, type[VectorIndex]] = {FaissIndex.kind: FaissIndex, TorchExactIndex.kind: TorchExactIndex}
     try:
-        header, _ = read_snapshot(path)
+        header = read_snapshot(path)
+        if header["kind"] == "milvus":  # its vectors are in Milvus: the purge deletes them there
+            kinds["milvus"] = _milvus_class()
         cls = kinds.get(header["kind"])
         if cls is None:
             raise SnapshotMismatch(f"unknown index kind {header['kind']!r}")
@@ -101,9 +122,13 @@ def purge_snapshot(path: Path, ids: np.ndarray) -> bool:
     except SnapshotError:
         path.unlink(missing_ok=True)
         return True
-    present = np.asarray([i for i in ids.tolist() if index.contains(i)], dtype=np.int64)
-    if not len(present):
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    # not only the faces present: a dead HNSW node (an archived or replaced face) still holds a vector
+    if isinstance(index, FaissIndex):
+        if not index.holds(ids):
+            return False
+    elif not any(index.contains(i) for i in ids.tolist()):
         return False
-    index.purge(present)
+    index.purge(ids)
     index.save(path)
     return True

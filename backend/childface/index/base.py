@@ -23,7 +23,8 @@ fsync, `os.replace`, fsync of the folder)::
                                        payload_len, payload_sha256, sections
     payload                   bytes    backend sections, back to back
 
-`load` checks magic, header, payload length and sha256 before anything is
+`load` checks magic, header, payload length and sha256 (streamed through a
+small buffer, so the payload is never held twice) before anything is
 deserialised, so a truncated or bit-flipped file raises `SnapshotCorrupt`
 instead of loading wrong data.
 """
@@ -37,10 +38,10 @@ import struct
 import tempfile
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 import numpy as np
 
@@ -52,6 +53,8 @@ UNIT_NORM_TOLERANCE = 1e-3
 SNAPSHOT_MAGIC = b"CFVIDX\x00\x01"
 _HEADER_LEN = struct.Struct("<I")
 _MAX_HEADER_BYTES = 1 << 20
+#: bytes hashed per read while verifying a snapshot
+_HASH_CHUNK = 8 << 20
 
 
 class SnapshotError(Exception):
@@ -157,6 +160,11 @@ class VectorIndex(ABC):
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or replace: an id already present gets the new vector, never a second entry."""
 
+    def bulk_load(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """`add` for filling an index in one go (a rebuild); a backend may take `vectors` over
+        without copying it, so the caller must not change the array afterwards."""
+        self.add(ids, vectors)
+
     @abstractmethod
     def remove(self, ids: np.ndarray) -> int:
         """Remove these ids; unknown ids are ignored. Returns how many were present."""
@@ -203,7 +211,12 @@ class VectorIndex(ABC):
     @classmethod
     @abstractmethod
     def _from_snapshot(
-        cls, model_id: str, dim: int, meta: dict[str, Any], sections: dict[str, memoryview], **options: Any
+        cls,
+        model_id: str,
+        dim: int,
+        meta: dict[str, Any],
+        sections: dict[str, SnapshotSection],
+        **options: Any,
     ) -> Self:
         """Rebuild an index from `_snapshot_state`'s output (checksum already verified).
 
@@ -216,7 +229,10 @@ class VectorIndex(ABC):
             meta, sections = self._snapshot_state()
             watermark = self._watermark
             count = self.count
-        blobs = [(name, memoryview(np.ascontiguousarray(data)).cast("B")) for name, data in sections]
+        blobs = [
+            (name, memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)))
+            for name, data in sections
+        ]
         digest = hashlib.sha256()
         for _, blob in blobs:
             digest.update(blob)
@@ -252,59 +268,127 @@ class VectorIndex(ABC):
         when it holds another backend, model or dimension than asked for.
         FileNotFoundError passes through (no snapshot yet).
         """
-        header, payload = read_snapshot(path)
-        if header["kind"] != cls.kind:
-            raise SnapshotMismatch(f"snapshot holds a {header['kind']!r} index, not {cls.kind!r}")
-        if model_id is not None and header["model_id"] != model_id:
-            raise SnapshotMismatch(
-                f"snapshot is of model {header['model_id']!r}, this index serves {model_id!r}"
-            )
-        if dim is not None and header["dim"] != dim:
-            raise SnapshotMismatch(f"snapshot has dim {header['dim']}, expected {dim}")
-        sections: dict[str, memoryview] = {}
-        offset = 0
-        for name, size in header["sections"]:
-            sections[name] = payload[offset : offset + size]
-            offset += size
-        try:
-            index = cls._from_snapshot(header["model_id"], header["dim"], header["meta"], sections, **options)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise SnapshotCorrupt(f"snapshot payload does not deserialise: {exc}") from exc
+        with open_snapshot(path) as (header, sections):
+            if header["kind"] != cls.kind:
+                raise SnapshotMismatch(f"snapshot holds a {header['kind']!r} index, not {cls.kind!r}")
+            if model_id is not None and header["model_id"] != model_id:
+                raise SnapshotMismatch(
+                    f"snapshot is of model {header['model_id']!r}, this index serves {model_id!r}"
+                )
+            if dim is not None and header["dim"] != dim:
+                raise SnapshotMismatch(f"snapshot has dim {header['dim']}, expected {dim}")
+            try:
+                index = cls._from_snapshot(
+                    header["model_id"], header["dim"], header["meta"], sections, **options
+                )
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise SnapshotCorrupt(f"snapshot payload does not deserialise: {exc}") from exc
         if index.count != header["count"]:
             raise SnapshotCorrupt(f"snapshot says {header['count']} faces, payload has {index.count}")
         index.watermark = header["watermark"]
         return index
 
 
-def read_snapshot(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
-    """Validate a snapshot file and return its header and checksum-verified payload."""
+class SnapshotSection:
+    """One payload section of an open, checksum-verified snapshot, read from the file on demand.
+
+    Sections are read straight into their final arrays (or streamed into FAISS), so
+    loading never holds the payload twice.
+    """
+
+    def __init__(self, fh: BinaryIO, offset: int, nbytes: int) -> None:
+        self._fh, self._offset, self.nbytes = fh, offset, nbytes
+
+    def array(self, dtype: type | np.dtype) -> np.ndarray:
+        """The section as a new 1-d array of `dtype`."""
+        dtype = np.dtype(dtype)
+        if self.nbytes % dtype.itemsize:
+            raise ValueError(f"section of {self.nbytes} bytes is not a whole number of {dtype}")
+        out = np.empty(self.nbytes // dtype.itemsize, dtype=dtype)
+        self._fh.seek(self._offset)
+        if self._fh.readinto(memoryview(out).cast("B")) != self.nbytes:
+            raise ValueError("section ends early")
+        return out
+
+    def reader(self) -> Callable[[int], bytes]:
+        """A `read(n) -> bytes` over this section only (for FAISS's callback reader)."""
+        position = self._offset
+        end = self._offset + self.nbytes
+
+        def read(n: int) -> bytes:
+            nonlocal position
+            self._fh.seek(position)
+            data = self._fh.read(max(0, min(n, end - position)))
+            position += len(data)
+            return data
+
+        return read
+
+
+@contextmanager
+def open_snapshot(
+    path: str | os.PathLike[str],
+) -> Iterator[tuple[dict[str, Any], dict[str, SnapshotSection]]]:
+    """Validate a snapshot (magic, header, length, sha256) and yield its header and sections.
+
+    The checksum is computed by streaming the payload through a fixed buffer before
+    anything is deserialised; the sections then read from the same open file, so a
+    snapshot replaced meanwhile (`os.replace` makes a new file) cannot mix in.
+    """
     with open(path, "rb") as fh:
-        magic = fh.read(len(SNAPSHOT_MAGIC))
-        if magic != SNAPSHOT_MAGIC:
-            raise SnapshotCorrupt(f"{path}: not a childface index snapshot (bad magic)")
-        raw_len = fh.read(_HEADER_LEN.size)
-        if len(raw_len) != _HEADER_LEN.size:
-            raise SnapshotCorrupt(f"{path}: truncated header")
-        (header_len,) = _HEADER_LEN.unpack(raw_len)
-        if header_len > _MAX_HEADER_BYTES:
-            raise SnapshotCorrupt(f"{path}: header length {header_len} is implausible")
-        header_bytes = fh.read(header_len)
-        try:
-            header = json.loads(header_bytes)
-            payload_len = int(header["payload_len"])
-            expected_sha = str(header["payload_sha256"])
-            for key in ("kind", "model_id", "dim", "watermark", "count", "meta", "sections"):
-                header[key]  # noqa: B018 - presence check
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SnapshotCorrupt(f"{path}: unreadable header ({exc})") from exc
-        # read straight into one buffer: a 1M x 512 gallery is ~2 GB, no second copy
-        payload = bytearray(payload_len)
-        got = fh.readinto(payload)
-        if got != payload_len or fh.read(1):
-            raise SnapshotCorrupt(f"{path}: payload is {got} bytes or more, header says {payload_len}")
-    if hashlib.sha256(payload).hexdigest() != expected_sha:
-        raise SnapshotCorrupt(f"{path}: payload checksum mismatch")
-    return header, memoryview(payload)
+        header, start = _read_header(fh, path)
+        payload_len = int(header["payload_len"])
+        size = os.fstat(fh.fileno()).st_size
+        if size != start + payload_len:
+            raise SnapshotCorrupt(f"{path}: payload is {size - start} bytes, header says {payload_len}")
+        digest = hashlib.sha256()
+        buffer = bytearray(_HASH_CHUNK)
+        view = memoryview(buffer)
+        left = payload_len
+        while left:
+            got = fh.readinto(view[: min(left, _HASH_CHUNK)])
+            if not got:
+                raise SnapshotCorrupt(f"{path}: payload ends {left} bytes early")
+            digest.update(view[:got])
+            left -= got
+        if digest.hexdigest() != str(header["payload_sha256"]):
+            raise SnapshotCorrupt(f"{path}: payload checksum mismatch")
+        sections: dict[str, SnapshotSection] = {}
+        offset = start
+        for name, nbytes in header["sections"]:
+            sections[name] = SnapshotSection(fh, offset, int(nbytes))
+            offset += int(nbytes)
+        if offset != start + payload_len:
+            raise SnapshotCorrupt(f"{path}: sections do not add up to the payload")
+        yield header, sections
+
+
+def read_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The header of a valid snapshot (its checksum verified), without loading it."""
+    with open_snapshot(path) as (header, _):
+        return header
+
+
+def _read_header(fh: BinaryIO, path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
+    magic = fh.read(len(SNAPSHOT_MAGIC))
+    if magic != SNAPSHOT_MAGIC:
+        raise SnapshotCorrupt(f"{path}: not a childface index snapshot (bad magic)")
+    raw_len = fh.read(_HEADER_LEN.size)
+    if len(raw_len) != _HEADER_LEN.size:
+        raise SnapshotCorrupt(f"{path}: truncated header")
+    (header_len,) = _HEADER_LEN.unpack(raw_len)
+    if header_len > _MAX_HEADER_BYTES:
+        raise SnapshotCorrupt(f"{path}: header length {header_len} is implausible")
+    header_bytes = fh.read(header_len)
+    try:
+        header = json.loads(header_bytes)
+        int(header["payload_len"])
+        str(header["payload_sha256"])
+        for key in ("kind", "model_id", "dim", "watermark", "count", "meta", "sections"):
+            header[key]  # noqa: B018 - presence check
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SnapshotCorrupt(f"{path}: unreadable header ({exc})") from exc
+    return header, len(SNAPSHOT_MAGIC) + _HEADER_LEN.size + header_len
 
 
 def _atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:

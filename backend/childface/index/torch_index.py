@@ -21,6 +21,7 @@ import torch
 from childface.index.base import (
     PAD_ID,
     PAD_SIMILARITY,
+    SnapshotSection,
     VectorIndex,
     check_ids,
     check_k,
@@ -75,20 +76,15 @@ class TorchExactIndex(VectorIndex):
             self._row_of.update(zip(ids.tolist(), range(start, end), strict=True))
 
     def remove(self, ids: np.ndarray) -> int:
+        """Remove these ids (physically: `purge` is the same); returns how many were present."""
         ids = check_ids(ids)
         with self._lock.write():
             return self._remove_locked(ids)
 
-    def purge(self, ids: np.ndarray) -> int:
-        """Remove, then zero the rows freed at the end (removal moves the last rows into the holes)."""
-        ids = check_ids(ids)
-        with self._lock.write():
-            before = self.count
-            removed = self._remove_locked(ids)
-            self._gallery[self.count : before] = 0.0
-            return removed
-
     def _remove_locked(self, ids: np.ndarray) -> int:
+        # the last live rows move into the holes; the rows freed at the end are zeroed, so a removed
+        # (archived, replaced) face's vector never lingers where a later purge could not find it
+        before = len(self._row_of)
         removed = 0
         for face_id in ids.tolist():
             row = self._row_of.pop(face_id, None)
@@ -101,6 +97,8 @@ class TorchExactIndex(VectorIndex):
                 self._row_ids[row] = moved
                 self._row_of[moved] = row
             removed += 1
+        if removed:
+            self._gallery[before - removed : before] = 0.0
         return removed
 
     def _reserve(self, needed: int) -> None:
@@ -147,11 +145,16 @@ class TorchExactIndex(VectorIndex):
 
     @classmethod
     def _from_snapshot(
-        cls, model_id: str, dim: int, meta: dict[str, Any], sections: dict[str, memoryview], **options: Any
+        cls,
+        model_id: str,
+        dim: int,
+        meta: dict[str, Any],
+        sections: dict[str, SnapshotSection],
+        **options: Any,
     ) -> Self:
         index = cls(model_id, dim, **options)
-        ids = np.frombuffer(sections["ids"], dtype=np.int64)
-        vectors = np.frombuffer(sections["vectors"], dtype=np.float32)
+        ids = sections["ids"].array(np.int64)
+        vectors = sections["vectors"].array(np.float32)
         if vectors.size != len(ids) * dim:
             raise ValueError(f"{len(ids)} ids but {vectors.size} vector values for dim {dim}")
         index.add(ids, vectors.reshape(len(ids), dim))

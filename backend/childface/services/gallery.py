@@ -62,6 +62,7 @@ configured aggregation (`max`, or `mean2`: mean of the best two).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -96,6 +97,7 @@ from childface.index import (
     snapshot_path,
 )
 from childface.index.base import RWLock
+from childface.index.slots import ABSENT, SlotTable
 from childface.services.erasure import ERASURE_ACTION
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,16 @@ ChildScore = Literal["max", "mean2"]
 
 #: faces re-read per query while catching up (bounded IN lists)
 _CHUNK = 500
+#: faces mapped or unmapped after which a ChildIndex rebuilds its child -> faces arrays
+_CSR_LOG_MIN = 4096
+#: most faces one child-level search asks the face index for
+_MAX_FACES_PER_SEARCH = 4096
+#: names of fetch_batches' server-side cursors, unique within a connection
+_CURSOR_NUMBERS = itertools.count()
+#: seconds the background thread waits before a due store switch (HNSW build)
+_SWITCH_DELAY_S = 0.5
+#: rows fetched per batch when reading faces in bulk (rebuild, adopt, check)
+_READ_BATCH = 20_000
 #: gap ranges re-read per query
 _GAP_CHUNK = 100
 #: default seconds a gap stays open after its transactions ended (see module docstring)
@@ -188,6 +200,14 @@ class IndexDifferences:
 class ChildIndex:
     """A face-vector index plus the face -> child map: child-level search.
 
+    The maps are numpy arrays, not dicts of sets (a million faces would cost more
+    in Python objects than in vectors): face -> child is a `SlotTable`, child ->
+    faces a CSR-like pair of arrays sorted by child (`_csr_child`, `_csr_face`)
+    plus a small log of the faces mapped since it was built. A face's entry is
+    trusted only where `face -> child` still agrees, so removals and moves need
+    no CSR edit; the CSR is rebuilt once the log (or churn) grows past a fraction
+    of the gallery.
+
     Not thread-safe by itself; `Gallery` guards it. Evaluation uses it directly
     as an in-memory gallery.
     """
@@ -195,21 +215,49 @@ class ChildIndex:
     def __init__(self, index: VectorIndex, child_score: ChildScore = "max") -> None:
         self.index = index
         self.child_score: ChildScore = child_score
-        self.child_of: dict[int, int] = {}
-        self.faces_of: dict[int, set[int]] = {}
+        self._child_of = SlotTable()  # face id -> child id
+        self._n_faces = SlotTable()  # child id -> number of mapped faces
+        self._max_templates: int | None = 0
+        self._csr_child = np.empty(0, dtype=np.int64)
+        self._csr_face = np.empty(0, dtype=np.int64)
+        self._recent: dict[int, list[int]] = {}  # child -> faces mapped since the CSR was built
+        self._churn = 0  # faces mapped or unmapped since then
 
     @property
     def dim(self) -> int:
         return self.index.dim
 
+    def owners(self, face_ids: np.ndarray) -> np.ndarray:
+        """The child of each face (-1 where unmapped)."""
+        return self._child_of.get(np.asarray(face_ids, dtype=np.int64))
+
+    def faces(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every mapped face id (ascending) and its child."""
+        face_ids = self._child_of.keys()
+        return face_ids, self._child_of.get(face_ids)
+
     def upsert(self, face_ids: Sequence[int], child_ids: Sequence[int], vectors: np.ndarray) -> None:
         if not len(face_ids):
             return
         self.index.add(np.asarray(face_ids, dtype=np.int64), vectors)
-        for face_id, child_id in zip(face_ids, child_ids, strict=True):
-            self._unmap(face_id)
-            self.child_of[face_id] = child_id
-            self.faces_of.setdefault(child_id, set()).add(face_id)
+        self.map_faces(face_ids, child_ids)
+
+    def load(self, face_ids: np.ndarray, child_ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Fill an empty gallery in one go; the index may take `vectors` over without a copy."""
+        if len(face_ids):
+            self.index.bulk_load(np.asarray(face_ids, dtype=np.int64), vectors)
+            self.map_faces(face_ids, child_ids)
+
+    def map_faces(self, face_ids: Sequence[int] | np.ndarray, child_ids: Sequence[int] | np.ndarray) -> None:
+        """Record (or change) the child of faces already in the index."""
+        faces = np.asarray(face_ids, dtype=np.int64)
+        children = np.asarray(child_ids, dtype=np.int64)
+        if len(faces) != len(children):
+            raise ValueError(f"{len(faces)} faces for {len(children)} children")
+        self._unmap(faces)
+        self._child_of.set(faces, children)
+        self._count(children, +1)
+        self._log(faces, children)
 
     def remove(self, face_ids: Iterable[int], *, purge: bool = False) -> int:
         """Take faces out; `purge` also overwrites their vectors (erasure: see `VectorIndex.purge`).
@@ -223,57 +271,116 @@ class ChildIndex:
             self.index.purge(np.asarray(face_ids, dtype=np.int64))
         elif present:
             self.index.remove(np.asarray(present, dtype=np.int64))
-        for face_id in present:
-            self._unmap(face_id)
+        if present:
+            self._unmap(np.asarray(present, dtype=np.int64))
         return len(present)
 
-    def _unmap(self, face_id: int) -> None:
-        child_id = self.child_of.pop(face_id, None)
-        if child_id is not None:
-            faces = self.faces_of[child_id]
-            faces.discard(face_id)
-            if not faces:
-                del self.faces_of[child_id]
+    def _unmap(self, faces: np.ndarray) -> None:
+        old = self._child_of.get(faces)
+        mapped = old != ABSENT
+        if mapped.any():
+            self._child_of.clear(faces[mapped])
+            self._count(old[mapped], -1)
+            self._churn += int(mapped.sum())
+
+    def _count(self, children: np.ndarray, delta: int) -> None:
+        uniq, times = np.unique(children, return_counts=True)
+        current = self._n_faces.get(uniq)
+        current[current == ABSENT] = 0
+        new = current + delta * times
+        self._n_faces.clear(uniq[new <= 0])
+        self._n_faces.set(uniq[new > 0], new[new > 0])
+        self._max_templates = None
+
+    def _log(self, faces: np.ndarray, children: np.ndarray) -> None:
+        self._churn += len(faces)
+        if self._churn > max(_CSR_LOG_MIN, len(self._csr_face) // 8):
+            self._build_csr()
+            return
+        for face_id, child_id in zip(faces.tolist(), children.tolist(), strict=True):
+            self._recent.setdefault(child_id, []).append(face_id)
+
+    def _build_csr(self) -> None:
+        faces, children = self.faces()
+        order = np.argsort(children, kind="stable")  # by child, then face id (faces() is ascending)
+        self._csr_child, self._csr_face = children[order], faces[order]
+        self._recent.clear()
+        self._churn = 0
+
+    def _faces_of(self, children: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(face ids, owner) of every face of these children, grouped by child, face ids ascending."""
+        lo = np.searchsorted(self._csr_child, children, side="left")
+        hi = np.searchsorted(self._csr_child, children, side="right")
+        lengths = hi - lo
+        total = int(lengths.sum())
+        starts = np.repeat(lo - np.cumsum(lengths) + lengths, lengths)
+        positions = starts + np.arange(total)
+        faces, owners = self._csr_face[positions], self._csr_child[positions]
+        if self._recent:
+            extra = [(f, c) for c in children.tolist() for f in self._recent.get(c, ())]
+            if extra:
+                more = np.asarray(extra, dtype=np.int64)
+                faces = np.concatenate([faces, more[:, 0]])
+                owners = np.concatenate([owners, more[:, 1]])
+        # an entry counts only while the face still belongs to that child (removals, moves)
+        current = self._child_of.get(faces) == owners
+        faces, owners = faces[current], owners[current]
+        pairs = np.unique(np.stack([owners, faces], axis=1), axis=0)  # dedupe, sort by child then face
+        return pairs[:, 1], pairs[:, 0]
+
+    def max_templates(self) -> int:
+        if self._max_templates is None:
+            self._max_templates = self._n_faces.max_value()
+        return self._max_templates
 
     def child_scores(self, query: np.ndarray, child_ids: Iterable[int]) -> list[ChildCandidate]:
-        """Exact child-level scores of one unit query against every template of these children."""
-        children = [c for c in dict.fromkeys(child_ids) if c in self.faces_of]
-        if not children:
+        """Exact child-level scores of one unit query against every template of these children.
+
+        One gather of all the candidates' vectors and one matrix-vector product; the
+        per-child max / mean of the best two are segment reductions over the sorted sims.
+        """
+        children = np.fromiter(dict.fromkeys(child_ids), dtype=np.int64)
+        if not len(children):
             return []
-        faces = [sorted(self.faces_of[c]) for c in children]
-        flat = np.fromiter((f for group in faces for f in group), dtype=np.int64)
-        sims = self.index.vectors_of(flat) @ query.astype(np.float32)
-        out: list[ChildCandidate] = []
-        start = 0
-        for child_id, group in zip(children, faces, strict=True):
-            own = sims[start : start + len(group)]
-            start += len(group)
-            order = np.argsort(-own, kind="stable")
-            best = float(own[order[0]])
-            if self.child_score == "mean2" and len(group) > 1:
-                score = float((own[order[0]] + own[order[1]]) / 2.0)
-            else:
-                score = best
-            out.append(ChildCandidate(child_id, score, group[int(order[0])], len(group)))
+        faces, owners = self._faces_of(children)
+        if not len(faces):
+            return []
+        sims = self.index.vectors_of(faces) @ np.asarray(query, dtype=np.float32)
+        # by child, best first, ties to the lower face id (faces come ascending within a child)
+        order = np.lexsort((-sims, owners))
+        faces, owners, sims = faces[order], owners[order], sims[order]
+        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        sizes = np.diff(np.r_[starts, len(owners)])
+        best = sims[starts]
+        score = best
+        if self.child_score == "mean2":
+            second = np.where(sizes > 1, sims[np.minimum(starts + 1, len(sims) - 1)], best)
+            score = np.where(sizes > 1, (best + second) / np.float32(2.0), best)
+        out = [
+            ChildCandidate(int(c), float(s), int(f), int(n))
+            for c, s, f, n in zip(owners[starts], score, faces[starts], sizes, strict=True)
+        ]
         out.sort(key=lambda c: (-c.score, c.child_id))
         return out
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[ChildCandidate]]:
-        """Top-k children per query row, best first."""
+        """Top-k children per query row, best first: one face search, then exact child scores.
+
+        Asking for k x (most templates of any child) faces guarantees k distinct
+        children among them (capped at `_MAX_FACES_PER_SEARCH` for a pathological child).
+        """
         queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         total = self.index.count
         if total == 0 or len(queries) == 0:
             return [[] for _ in range(len(queries))]
-        want_children = min(k, len(self.faces_of))
-        k_faces = min(total, max(4 * k, 16))
-        while True:
-            ids, _ = self.index.search(queries, k_faces)
-            candidates = [[self.child_of[f] for f in row if f >= 0 and f in self.child_of] for row in ids]
-            enough = all(len(set(row)) >= want_children for row in candidates)
-            if enough or k_faces >= total:
-                break
-            k_faces = min(total, k_faces * 4)
-        return [self.child_scores(q, row)[:k] for q, row in zip(queries, candidates, strict=True)]
+        k_faces = min(total, max(4 * k, 16, min(k * self.max_templates(), _MAX_FACES_PER_SEARCH)))
+        ids, _ = self.index.search(queries, k_faces)
+        owners = self._child_of.get(np.where(ids >= 0, ids, 0))
+        out = []
+        for query, row, own in zip(queries, ids, owners, strict=True):
+            candidates = own[(row >= 0) & (own != ABSENT)]
+            out.append(self.child_scores(query, candidates.tolist())[:k])
+        return out
 
 
 # ---- the change-feed position ------------------------------------------------
@@ -355,11 +462,84 @@ def indexable_query(model_row: int | None, *, vectors: bool = True) -> Select:
     )
 
 
+def fetch_batches(session: Session, statement: Select) -> Iterator[list[tuple]]:
+    """Rows of `statement` as the driver's plain tuples, `_READ_BATCH` at a time, in the
+    session's transaction. A million ORM/Core row objects cost seconds; tuples do not.
+
+    On PostgreSQL the cursor is a server-side (named) one: a plain psycopg cursor would load
+    the whole result into this process before the first `fetchmany`."""
+    connection = session.connection()
+    sql = str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+    if connection.dialect.name == "postgresql":
+        cursor = connection.connection.cursor(name=f"childface_read_{next(_CURSOR_NUMBERS)}")
+    else:
+        cursor = connection.connection.cursor()  # sqlite3 steps through the result as it is fetched
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(_READ_BATCH):
+            yield rows
+    finally:
+        cursor.close()
+
+
 @dataclass(frozen=True)
-class _FaceRow:
-    face_id: int
-    child_id: int
-    vector: np.ndarray
+class IndexableFaces:
+    """Indexable faces as arrays: face ids ascending, their children, their (n, dim) unit vectors."""
+
+    face_ids: np.ndarray
+    child_ids: np.ndarray
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.face_ids)
+
+
+def read_indexable(
+    session: Session, model_row: int | None, dim: int, face_ids: Sequence[int] | None = None
+) -> IndexableFaces:
+    """Indexable faces of one model (among `face_ids`; all when None), read in bulk.
+
+    Rows come in batches; each batch's vectors are one `b"".join` + `np.frombuffer`
+    with a vectorised shape and norm check, written into arrays sized by a count
+    first, so a million faces cost no Python object per face beyond the DB row.
+    A stored vector that is not a unit `dim`-d vector is logged and left out.
+    """
+    if model_row is None:
+        return IndexableFaces(np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, dim), np.float32))
+    query = indexable_query(model_row, vectors=True)
+    if face_ids is not None:
+        query = query.where(Face.id.in_(face_ids))
+        expected = len(face_ids)
+    else:
+        counted = indexable_query(model_row, vectors=False).with_only_columns(func.count())
+        expected = int(session.scalar(counted) or 0)
+    ids = np.empty(expected, dtype=np.int64)
+    children = np.empty(expected, dtype=np.int64)
+    vectors = np.empty((expected, dim), dtype=np.float32)
+    filled = 0
+    for batch in fetch_batches(session, query.order_by(Face.id)):
+        batch_ids, batch_children, blobs = zip(*batch, strict=True)
+        sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+        good = sizes == dim * 4
+        block = np.frombuffer(b"".join(b for b, ok in zip(blobs, good, strict=True) if ok), dtype="<f4")
+        block = block.reshape(-1, dim)
+        unit = np.abs(np.linalg.norm(block, axis=1) - 1.0) <= 1e-3
+        good[good] = unit
+        if not good.all():
+            for face_id in np.asarray(batch_ids)[~good].tolist():
+                log.error("face %d: stored embedding is not a unit %d-d vector; left out", face_id, dim)
+        n = int(good.sum())
+        if filled + n > len(ids):  # rows committed after the count (SQLite outside a snapshot)
+            grow = max(filled + n, 2 * len(ids))
+            ids, children = np.resize(ids, grow), np.resize(children, grow)
+            vectors = np.resize(vectors, (grow, dim))
+        ids[filled : filled + n] = np.asarray(batch_ids, dtype=np.int64)[good]
+        children[filled : filled + n] = np.asarray(batch_children, dtype=np.int64)[good]
+        vectors[filled : filled + n] = block[unit]
+        filled += n
+    if filled < len(ids):
+        ids, children, vectors = ids[:filled], children[:filled], vectors[:filled].copy()
+    return IndexableFaces(ids, children, vectors)
 
 
 class Gallery:
@@ -446,13 +626,17 @@ class Gallery:
         an event removes it.
         """
         children = ChildIndex(index, self.settings.child_score)
-        present = set(index.ids().tolist())
+        present = index.ids()
         with self._read() as session:
-            owners = session.execute(select(Face.id, Face.child_id).where(Face.child_id.is_not(None))).all()
-        for face_id, child_id in owners:
-            if face_id in present:
-                children.child_of[face_id] = child_id
-                children.faces_of.setdefault(child_id, set()).add(face_id)
+            owners = select(Face.id, Face.child_id).where(Face.child_id.is_not(None))
+            parts = [
+                np.asarray(batch, dtype=np.int64).reshape(-1, 2) for batch in fetch_batches(session, owners)
+            ]
+        pairs = np.concatenate(parts) if parts else np.empty((0, 2), dtype=np.int64)
+        # `present` is sorted: one binary search per face, then one mapping call for them all
+        at = np.minimum(np.searchsorted(present, pairs[:, 0]), max(len(present) - 1, 0))
+        held = present[at] == pairs[:, 0] if len(present) else np.zeros(len(pairs), dtype=bool)
+        children.map_faces(pairs[held, 0], pairs[held, 1])
         position = FeedPosition(high=index.watermark, grace_s=self._grace_s)
         with self._rw.write():
             self._children, self._position = children, position
@@ -524,18 +708,14 @@ class Gallery:
         model_row = self._model_id(session)
         for i in range(0, len(face_ids), _CHUNK):
             chunk = face_ids[i : i + _CHUNK]
-            rows = self._face_rows(session, model_row, chunk)
-            keep = {r.face_id for r in rows}
+            rows = read_indexable(session, model_row, self.dim, chunk)
+            keep = set(rows.face_ids.tolist())
             with self._rw.write():
                 gone = [f for f in chunk if f not in keep]
                 self._children.remove([f for f in gone if f not in erased])
                 self._children.remove([f for f in gone if f in erased], purge=True)
-                if rows:
-                    self._children.upsert(
-                        [r.face_id for r in rows],
-                        [r.child_id for r in rows],
-                        np.stack([r.vector for r in rows]),
-                    )
+                if len(rows):
+                    self._children.upsert(rows.face_ids, rows.child_ids, rows.vectors)
 
     def rebuild(self) -> int:
         """Replace the index with one built from the DB; returns the number of faces."""
@@ -552,22 +732,22 @@ class Gallery:
                     ),
                     {"floor": floor},
                 ).all()
-                rows = self._face_rows(session, self._model_id(session), None)
+                rows = read_indexable(session, self._model_id(session), self.dim)
             children = ChildIndex(
                 create_index(self.settings, self.model_key, self.dim), self.settings.child_score
             )
-            if rows:
-                children.upsert(
-                    [r.face_id for r in rows], [r.child_id for r in rows], np.stack([r.vector for r in rows])
-                )
+            # an exact store at once, whatever the size: HNSW is built by the background thread
+            children.load(rows.face_ids, rows.child_ids, rows.vectors)
+            del rows
             position = FeedPosition(high=high, grace_s=self._grace_s)
             position.add_gaps(gaps, xmax)
             children.index.watermark = position.safe_watermark
             with self._rw.write():
                 self._children, self._position = children, position
             self._version += 1
-        log.info("index %s: rebuilt with %d faces at seq %d", self.model_key, len(rows), high)
-        return len(rows)
+        count = children.index.count
+        log.info("index %s: rebuilt with %d faces at seq %d", self.model_key, count, high)
+        return count
 
     def _quiesce_floor(self) -> int:
         """A seq below which no transaction can still commit an event (0 when unknown).
@@ -606,24 +786,19 @@ class Gallery:
         """Catch up, then compare the index with what a rebuild would give, in one DB snapshot."""
         with self._sync, self._read() as session:
             self._catch_up_in(session)
-            truth = {r.face_id: r for r in self._face_rows(session, self._model_id(session), None)}
+            truth = read_indexable(session, self._model_id(session), self.dim)
         with self._rw.read():
             children = self._children
-            present = children.index.ids().tolist()
+            present = children.index.ids()
             diff = IndexDifferences(db_count=len(truth), index_count=len(present))
-            in_index = set(present)
-            diff.missing = sorted(f for f in truth if f not in in_index)
-            diff.extra = sorted(f for f in present if f not in truth)
-            both = [f for f in present if f in truth]
-            if both:
-                stored = children.index.vectors_of(np.asarray(both, dtype=np.int64))
-                expected = np.stack([truth[f].vector for f in both])
-                far = np.abs(stored - expected).max(axis=1) > 1e-6
-                diff.mismatched = sorted(
-                    f
-                    for f, bad in zip(both, far.tolist(), strict=True)
-                    if bad or children.child_of.get(f) != truth[f].child_id
-                )
+            diff.missing = np.setdiff1d(truth.face_ids, present).tolist()
+            diff.extra = np.setdiff1d(present, truth.face_ids).tolist()
+            both = np.intersect1d(present, truth.face_ids)
+            if len(both):
+                at = np.searchsorted(truth.face_ids, both)
+                far = np.abs(children.index.vectors_of(both) - truth.vectors[at]).max(axis=1) > 1e-6
+                moved = children.owners(both) != truth.child_ids[at]
+                diff.mismatched = both[far | moved].tolist()
         return diff
 
     # --- snapshots ----------------------------------------------------------------------
@@ -653,7 +828,9 @@ class Gallery:
         self._stop.clear()
 
         def loop() -> None:
-            while not self._stop.wait(interval):
+            # a store switch that is due (HNSW after a rebuild from the DB) starts at once, not
+            # after a full interval; the gallery serves from the exact store meanwhile
+            while not self._stop.wait(_SWITCH_DELAY_S if self.index_switch_due() else interval):
                 try:
                     self.maintain()
                 except Exception:  # noqa: BLE001 - keep serving; the next round retries
@@ -661,6 +838,21 @@ class Gallery:
 
         self._autosave = threading.Thread(target=loop, name=f"gallery-save-{self.model_key}", daemon=True)
         self._autosave.start()
+
+    def index_switch_due(self) -> bool:
+        """Whether the FAISS index should switch store (exact -> HNSW) or compact now."""
+        index = self._children.index
+        return isinstance(index, FaissIndex) and index.needs_rebuild()
+
+    def switch_store_now(self) -> bool:
+        """Build the store this gallery's size calls for (HNSW above the switch point) right away,
+        instead of leaving it to the background thread: for offline work such as `reindex`."""
+        index = self._children.index
+        if not (isinstance(index, FaissIndex) and index.rebuild_if_needed()):
+            return False
+        with self._sync:
+            self._version += 1
+        return True
 
     def maintain(self) -> None:
         """One background round: catch up (changes from other processes), switch/compact the FAISS
@@ -722,21 +914,3 @@ class Gallery:
                 select(EmbeddingModel.id).where(EmbeddingModel.key == self.model_key)
             )
         return self._model_row
-
-    def _face_rows(
-        self, session: Session, model_row: int | None, face_ids: Sequence[int] | None
-    ) -> list[_FaceRow]:
-        """Indexable faces among `face_ids` (all when None), with their vectors."""
-        if model_row is None:
-            return []
-        query = indexable_query(model_row, vectors=True)
-        if face_ids is not None:
-            query = query.where(Face.id.in_(face_ids))
-        rows = []
-        for face_id, child_id, blob in session.execute(query.order_by(Face.id)):
-            vector = np.frombuffer(blob, dtype="<f4")
-            if vector.shape != (self.dim,) or abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
-                log.error("face %d: stored embedding is not a unit %d-d vector; left out", face_id, self.dim)
-                continue
-            rows.append(_FaceRow(face_id, child_id, vector.astype(np.float32)))
-        return rows

@@ -1,7 +1,8 @@
 """Recognition requests end to end: photo bytes -> faces with candidates and decisions.
 
 `recognize_photo`: check the header (per-photo and per-request pixel limits,
-before any decoding), decode, run the pipeline, search the gallery and decide
+before any decoding), decode, run the pipeline (through its micro-batcher:
+concurrent requests share one model call), search the gallery and decide
 (`services.recognition.identify`), add names from the DB, and queue the faces
 that ended in `review` (`services.review.queue_for_review`). `detect_photo`
 stops after detection and quality. `verify_photo` scores one photo's face
@@ -21,9 +22,10 @@ from sqlalchemy import select
 
 from childface.db.models import Child, ChildStatus
 from childface.db.session import Actor
-from childface.services.enrollment import Photo, decode_photos, read_headers, run_pipeline
+from childface.services.enrollment import Photo, decode_photos, read_headers
 from childface.services.errors import Conflict, InvalidImage, InvalidInput, NotFound
 from childface.services.recognition import UnknownChild, identify, verify
+from childface.services.workload import pin_request_thread
 
 if TYPE_CHECKING:
     from childface.services.runtime import Runtime
@@ -93,12 +95,15 @@ def recognize_photo(
     from childface.services.review import queue_for_review
 
     (photo,) = _checked(runtime, data)
-    faces = run_pipeline(runtime, [_decode(runtime, photo)])[0]
+    pipeline = runtime.pipeline
+    with pipeline.batcher.expecting():  # a batch being gathered waits for this photo while it decodes
+        faces = pipeline.process_concurrent(_decode(runtime, photo))
     assert photo.rgb is not None  # kept: the review queue stores the photo's size with undecided faces
     height, width = photo.rgb.shape[:2]
     results: list[RecognizedFace] = []
     if faces:
         vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
+        pin_request_thread()
         gallery = runtime.current_gallery()  # first: it also brings in thresholds changed at run time
         k = top_k or runtime.settings.top_k
         identifications = identify(gallery, vectors, runtime.settings, k=k)
@@ -162,8 +167,10 @@ def verify_photo(
         raise InvalidInput("send either child_id or a second photo (file2)")
     photos = _checked(runtime, data, *([other] if other is not None else []))
     detected: list[list[DetectedFace]] = []
+    pipeline = runtime.pipeline
     for photo in photos:  # one at a time: only one photo's pixels are held
-        detected += run_pipeline(runtime, [_decode(runtime, photo)])
+        with pipeline.batcher.expecting():
+            detected.append(pipeline.process_concurrent(_decode(runtime, photo)))
         photo.rgb = None
     face = _main_face(detected[0])
     reasons = [] if face is not None else ["no_face"]
@@ -176,6 +183,7 @@ def verify_photo(
                 raise Conflict(f"child {child_id} is archived", code="child_not_active")
         if face is None:
             return Verification("unknown", None, child_id, None, None, reasons)
+        pin_request_thread()
         try:
             result = verify(
                 face.embedding, runtime.settings, gallery=runtime.current_gallery(), child_id=child_id

@@ -11,13 +11,19 @@ report per face -> embed all faces, `settings.batch_size` chips per forward pass
 Every face is embedded whatever its quality: callers decide (enrollment refuses
 faces that fail the gate, recognition reports them).
 
-Threads: the API calls `process` from a thread pool. Model calls are serialised
-by one lock per set of models (concurrent forward passes would only fight for
-the same cores or GPU); decoding runs outside the lock.
+Threads: batch work (import, eval, enrollment) calls `process` with its own
+lists; those calls are serialised by one lock per set of models. The API's
+request threads call `process_concurrent` with one photo each: a micro-batcher
+(vision/batching.py) runs the photos of concurrent requests through the models
+together, gathered within `settings.batch_window_ms`, with up to
+`settings.batch_workers` such calls side by side (the models keep no state
+between calls; with one worker it takes the lock too). Decoding always runs in
+the caller's thread, outside all of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +33,7 @@ import torch
 
 from childface.config import Settings
 from childface.vision.alignment import align_faces
+from childface.vision.batching import MicroBatcher
 from childface.vision.decode import decode_image
 from childface.vision.detector import RetinaFaceDetector
 from childface.vision.embedders.base import Embedder
@@ -72,6 +79,18 @@ class FacePipeline:
         self.embedder = embedder
         self.device = torch.device(embedder.device)
         self._lock = lock or threading.Lock()
+        # several batch workers run forward passes side by side (the models keep no state between
+        # calls); with one, batches take the models' lock like any other caller
+        workers = settings.batch_workers
+        self.batcher: MicroBatcher[list[DetectedFace]] = MicroBatcher(
+            lambda images: self._run(images, embed=True, exclusive=workers == 1),
+            window_s=settings.batch_window_ms / 1000,
+            max_images=settings.batch_max_images,
+            workers=workers,
+            name="face-pipeline-batcher",
+            # the detector pads a batch to its largest image: only same-sized images share a call
+            group_by=lambda image: detector.resized_shape(*image.shape[:2]),
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FacePipeline:
@@ -100,14 +119,22 @@ class FacePipeline:
         """Faces of every image, with quality and embeddings."""
         return self._run([self.decode(image) for image in images], embed=True)
 
+    def process_concurrent(self, image: ImageInput) -> list[DetectedFace]:
+        """Faces of one image, like `process([image])[0]`, through the micro-batcher: call it from
+        concurrent request threads (inside `self.batcher.expecting()` when the image is still being
+        decoded, so a batch being gathered waits for it)."""
+        return self.batcher.submit(self.decode(image))
+
     def detect_only(self, images: Sequence[ImageInput]) -> list[list[DetectedFace]]:
         """Faces of every image with quality and chips, without embeddings."""
         return self._run([self.decode(image) for image in images], embed=False)
 
-    def _run(self, images: list[np.ndarray], *, embed: bool) -> list[list[DetectedFace]]:
+    def _run(
+        self, images: list[np.ndarray], *, embed: bool, exclusive: bool = True
+    ) -> list[list[DetectedFace]]:
         if not images:
             return []
-        with self._lock, torch.inference_mode():
+        with self._lock if exclusive else contextlib.nullcontext(), torch.inference_mode():
             detections = []
             for start in range(0, len(images), DETECT_BATCH):
                 detections += self.detector.detect(images[start : start + DETECT_BATCH])
@@ -170,8 +197,6 @@ _MODELS_LOCK = threading.Lock()
 def _cached_models(settings: Settings) -> tuple[RetinaFaceDetector, Embedder, threading.Lock]:
     from childface.vision.embedders import load_embedder  # the embedder registry
 
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
     key = _model_key(settings)
     with _MODELS_LOCK:
         if key not in _MODELS:
