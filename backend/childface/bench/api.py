@@ -51,8 +51,8 @@ ENROLL_PHOTOS = 3
 SERVER_START_S = 300.0
 #: settings the server process gets from the benchmark's own (the rest it reads as usual)
 SERVER_SETTINGS = ("device", "torch_threads", "batch_size", "batch_window_ms", "batch_max_images",
-                   "detector", "detector_weights", "detector_input_size", "embedder", "embedder_weights",
-                   "embedder_arch")
+                   "batch_workers", "detector", "detector_weights", "detector_input_size", "embedder",
+                   "embedder_weights", "embedder_arch")
 
 
 @contextmanager

@@ -83,7 +83,10 @@ def policy_for(workload: Workload, settings: Settings | None = None) -> ThreadPo
     environment = {"OMP_WAIT_POLICY": "PASSIVE"}
     if workload is Workload.REQUEST:
         environment |= {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        return ThreadPolicy(workload, configured or cores, 1, 1, environment)
+        # the cores are shared out between the micro-batcher's workers: side by side, one-image
+        # forward passes use the cores better than one pass split across threads (config.batch_workers)
+        workers = settings.resolved_batch_workers if settings is not None else 1
+        return ThreadPolicy(workload, configured or max(1, cores // workers), 1, 1, environment)
     return ThreadPolicy(workload, configured or cores, 1, cores, environment)
 
 

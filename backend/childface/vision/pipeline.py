@@ -81,7 +81,7 @@ class FacePipeline:
         self._lock = lock or threading.Lock()
         # several batch workers run forward passes side by side (the models keep no state between
         # calls); with one, batches take the models' lock like any other caller
-        workers = settings.batch_workers
+        workers = settings.resolved_batch_workers
         self.batcher: MicroBatcher[list[DetectedFace]] = MicroBatcher(
             lambda images: self._run(images, embed=True, exclusive=workers == 1),
             window_s=settings.batch_window_ms / 1000,
