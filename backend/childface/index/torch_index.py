@@ -105,7 +105,8 @@ class TorchExactIndex(VectorIndex):
         capacity = self._gallery.shape[0]
         if needed <= capacity:
             return
-        grown = torch.empty(
+        # zeros, not empty: recycled allocator memory may hold vectors of faces erased since
+        grown = torch.zeros(
             (max(needed, 2 * capacity, 1024), self.dim), dtype=torch.float32, device=self.device
         )
         grown[: self.count] = self._gallery[: self.count]
