@@ -84,7 +84,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _server_environment(settings: Settings, root: Path, port: int) -> dict[str, str]:
+def _server_environment(settings: Settings, root: Path) -> dict[str, str]:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("CHILDFACE_")}
     values: dict[str, Any] = {name: getattr(settings, name) for name in SERVER_SETTINGS}
     values |= {
@@ -92,8 +92,6 @@ def _server_environment(settings: Settings, root: Path, port: int) -> dict[str, 
         "database_url": f"sqlite:///{root / 'bench.db'}",
         "media_dir": root / "media",
         "index_dir": root / "index",
-        "api_host": "127.0.0.1",
-        "api_port": port,
     }
     environment |= {f"CHILDFACE_{k.upper()}": str(v) for k, v in values.items() if v is not None}
     return environment
@@ -101,15 +99,24 @@ def _server_environment(settings: Settings, root: Path, port: int) -> dict[str, 
 
 @contextmanager
 def serve_process(settings: Settings, root: Path) -> Iterator[tuple[str, float]]:
-    """`childface serve` in a subprocess on a database under `root` (migrated first); yields its URL
+    """`childface serve` in a subprocess on a database under `root`; yields its URL and how long it
+    took to answer /readyz."""
+    with serve_subprocess(_server_environment(settings, root), root / "server.log") as started:
+        yield started
+
+
+@contextmanager
+def serve_subprocess(
+    environment: dict[str, str], log_path: Path, *, timeout_s: float = SERVER_START_S
+) -> Iterator[tuple[str, float]]:
+    """`childface serve` in a subprocess with this environment, on a free loopback port; yields its URL
     and how long it took to answer /readyz. Stopped with SIGTERM (as a service manager does)."""
     port = _free_port()
-    environment = _server_environment(settings, root, port)
-    log_path = root / "server.log"
     started = time.perf_counter()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "childface.cli", "serve", "--log-level", "warning"],
+            [sys.executable, "-m", "childface.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning"],
             env=environment, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     url = f"http://127.0.0.1:{port}"
@@ -118,8 +125,8 @@ def serve_process(settings: Settings, root: Path) -> Iterator[tuple[str, float]]
             if process.poll() is not None:
                 log_tail = log_path.read_text()[-2000:]
                 raise RuntimeError(f"the server exited ({process.returncode}): {log_tail}")
-            if time.perf_counter() - started > SERVER_START_S:
-                raise RuntimeError(f"the server was not ready in {SERVER_START_S:.0f} s")
+            if time.perf_counter() - started > timeout_s:
+                raise RuntimeError(f"the server was not ready in {timeout_s:.0f} s")
             try:
                 if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
                     break

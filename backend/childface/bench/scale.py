@@ -28,7 +28,6 @@ import gc
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -288,46 +287,13 @@ def _server_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def serve_subprocess(settings: Settings, root: Path, timeout_s: float = 900) -> Iterator[str]:
     """`childface serve` on a scratch gallery; yields its base URL once `/readyz` answers 200."""
-    port = _free_port()
-    log = open(root / "serve.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [sys.executable, "-m", "childface.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        env=_server_env(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"childface serve exited: {(root / 'serve.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("childface serve did not become ready")
-            time.sleep(0.5)
+    from childface.bench.api import serve_subprocess as serve
+
+    with serve(_server_env(settings), root / "serve.log", timeout_s=timeout_s) as (url, _):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 def recognize_interleaved(targets: dict[int, tuple[str, str, bytes]], *, rounds: int, per_round: int) -> dict:

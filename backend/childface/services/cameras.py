@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from childface.db.models import Arrival, CameraState, CameraStatus, Child, Sighting
 from childface.db.session import Database
@@ -63,12 +64,18 @@ def update_camera_status(
         return requested is not None
 
 
+def _locked_camera(session: Session, name: str) -> CameraStatus:
+    """The camera's row, locked for this transaction; NotFound when no watcher ever reported it."""
+    row = session.get(CameraStatus, name, with_for_update=True)
+    if row is None:
+        raise NotFound(f"no camera named {name!r}")
+    return row
+
+
 def store_frame(db: Database, name: str, jpeg: bytes) -> None:
     """Keep the latest annotated frame the staff asked for (until served, at most FRAME_TTL_S)."""
     with db.transaction() as session:
-        row = session.get(CameraStatus, name, with_for_update=True)
-        if row is None:
-            raise NotFound(f"no camera named {name!r}")
+        row = _locked_camera(session, name)
         row.frame_jpeg, row.frame_at, row.frame_requested_at = jpeg, datetime.now(UTC), None
 
 
@@ -76,9 +83,7 @@ def request_frame(db: Database, name: str) -> datetime:
     """Ask the camera's watcher for its next annotated frame; when the request was made."""
     now = datetime.now(UTC)
     with db.transaction() as session:
-        row = session.get(CameraStatus, name, with_for_update=True)
-        if row is None:
-            raise NotFound(f"no camera named {name!r}")
+        row = _locked_camera(session, name)
         row.frame_requested_at = now
         return now
 
@@ -87,9 +92,7 @@ def take_frame(db: Database, name: str) -> bytes:
     """The stored frame, dropped as it is served; NotFound (with the reason) when there is none."""
     now = datetime.now(UTC)
     with db.transaction() as session:
-        row = session.get(CameraStatus, name, with_for_update=True)
-        if row is None:
-            raise NotFound(f"no camera named {name!r}")
+        row = _locked_camera(session, name)
         stale = row.frame_at is None or (now - row.frame_at).total_seconds() > FRAME_TTL_S
         jpeg = None if stale else row.frame_jpeg
         waiting = row.frame_requested_at is not None

@@ -166,7 +166,13 @@ def face_thumbnail(rgb: np.ndarray, box: list[float], size: int = THUMBNAIL_SIZE
             (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
             interpolation=cv2.INTER_AREA,
         )
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return encode_jpeg(crop, quality=85)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    """An RGB (H, W, 3) uint8 image as JPEG bytes."""
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise ValueError("could not encode the thumbnail")
+        raise ValueError("could not encode the image as JPEG")
     return encoded.tobytes()

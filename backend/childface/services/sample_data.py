@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from childface.services.errors import InvalidInput
+from childface.services.media import encode_jpeg
 
 #: margin around a detected face when cropping a portrait, as a share of the box size per side
 PORTRAIT_MARGIN = 0.6
@@ -107,14 +108,6 @@ def load_sample_photos(detector) -> SamplePhotos:  # noqa: ANN001 - any object w
     faces.append(SourceFace("tom-hanks", crop, crop_box))  # type: ignore[arg-type]
     return SamplePhotos(group=group, group_boxes=group_boxes, faces=faces,
                         no_face=_read_rgb(folder / "mask_blue.jpg"))
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
-    """An RGB photo as JPEG bytes, as a camera or an upload would bring it."""
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise OSError("JPEG encoding failed")
-    return data.tobytes()
 
 
 def _write_jpeg(path: Path, rgb: np.ndarray, quality: int = 92) -> None:

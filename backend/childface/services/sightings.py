@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -78,7 +77,7 @@ from childface.services.attendance import day_bounds, local_day
 from childface.services.cameras import store_frame, update_camera_status  # noqa: F401 - see the docstring
 from childface.services.errors import InvalidInput, NotFound
 from childface.services.file_journal import pending_writes, sweep
-from childface.services.media import MediaStore
+from childface.services.media import MediaStore, encode_jpeg
 
 if TYPE_CHECKING:
     from childface.config import Settings
@@ -134,16 +133,6 @@ def _checked(report: TrackReport) -> None:
         raise InvalidInput("frames must not be negative")
 
 
-def encode_crop(chip: np.ndarray) -> bytes:
-    """JPEG of an RGB face chip."""
-    rgb = np.ascontiguousarray(np.asarray(chip, dtype=np.uint8))
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, CROP_JPEG_QUALITY])
-    if not ok:
-        raise ValueError("could not encode the face crop")
-    return encoded.tobytes()
-
-
 # ---- record_track ----------------------------------------------------------------------------------
 
 
@@ -172,7 +161,7 @@ def record_track(runtime: Runtime, report: TrackReport) -> list[str]:
         elif report.decision == "match" or (
             report.decision == "unknown" and settings.video_keep_unknown_crops_days > 0
         ):
-            crop = encode_crop(report.best_chip)
+            crop = encode_jpeg(report.best_chip, CROP_JPEG_QUALITY)
     if crop is None:
         events = _write(runtime, report, queued, None)
     else:
@@ -196,7 +185,7 @@ def _queue_review(runtime: Runtime, report: TrackReport) -> tuple[int | None, in
 
     assert report.best_chip is not None and report.best_embedding is not None
     chip = np.ascontiguousarray(np.asarray(report.best_chip, dtype=np.uint8))
-    data = encode_crop(chip)
+    data = encode_jpeg(chip, CROP_JPEG_QUALITY)
     sha, relative = runtime.media.locate(data)
     height, width = chip.shape[:2]
     quality = report.best_quality or QualityReport(
