@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     embedder_arch: str = Field(
         default="r50", description="ArcFace backbone for .pth checkpoints: r18, r34, r50, r100, mbf."
     )
+    embedder_flip_tta: bool = Field(
+        default=True,
+        description="Average each face's embedding with its mirror image's (flip test-time augmentation). "
+        "A model of its own (model id suffix '+flip'): flipped and plain embeddings never share a search.",
+    )
 
     # --- quality gate ------------------------------------------------------
     quality_min_face_px: int = Field(default=40, ge=1, description="Shorter box side, pixels.")
@@ -283,6 +288,65 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = Field(default=900.0, gt=0.0)
     webhook_keep_days: int = Field(
         default=7, ge=1, description="Delivered and failed webhook events are deleted after this many days."
+    )
+
+    # --- identity care: siblings and twins, templates that age, undo --------
+    sibling_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=2.0,
+        description="A match whose marked sibling scores within this much goes to review (reason 'sibling').",
+    )
+    twin_margin: float = Field(
+        default=0.15,
+        ge=0.0,
+        le=2.0,
+        description="A twin is matched automatically only when the other twin trails by at least this much.",
+    )
+    stale_template_days: int = Field(
+        default=183, ge=1, description="A child whose newest template is older than this needs new photos."
+    )
+    auto_templates: Literal["off", "confirmed", "confident"] = Field(
+        default="confirmed",
+        description="Which recognitions become templates automatically: 'off'; 'confirmed' (faces staff "
+        "confirmed in review); 'confident' (those, and matches far above the accept threshold with a "
+        "clear margin).",
+    )
+    auto_template_min_excess: float = Field(
+        default=0.02, ge=0.0, le=2.0, description="'confident': score at least accept_threshold + this."
+    )
+    auto_template_min_margin: float = Field(
+        default=0.05, ge=0.0, le=2.0, description="'confident': lead over the next child at least this."
+    )
+    auto_template_max_similarity: float = Field(
+        default=0.97, ge=-1.0, le=1.0, description="A face this close to an existing template is a duplicate."
+    )
+    max_templates_per_child: int = Field(
+        default=10, ge=1, description="Searched templates per child; the oldest surplus is retired (kept)."
+    )
+    template_recency_half_life_days: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Weigh templates by recency in the child score (None: unweighted, the measured default).",
+    )
+    removed_faces_keep_days: int = Field(
+        default=30, ge=0, description="A removed face can be undone for this many days, then it is purged."
+    )
+
+    # --- data lifecycle: retention, integrity, backups ----------------------
+    retention_archived_days: int | None = Field(
+        default=None, ge=1, description="Erase children archived for more than this many days (None: never)."
+    )
+    retention_review_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Drop review-queue items and unmatched video crops older than this (None: never).",
+    )
+    verify_recompute_sample: int = Field(
+        default=20, ge=0, description="Faces `verify` re-embeds from their photos to check the model."
+    )
+    backup_passphrase: SecretStr | None = Field(
+        default=None, description="Passphrase that encrypts backups (`childface backup`)."
     )
 
     @field_validator("attendance_timezone")

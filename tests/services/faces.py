@@ -66,7 +66,7 @@ def new_face(uow, *, child_id: int | None, model_row: int, vector: np.ndarray, s
     uow.session.add(face)
     uow.session.flush()
     blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
-    uow.session.add(Embedding(face_id=face.id, model_id=model_row, vector=blob))
+    uow.session.add(Embedding.of(face_id=face.id, model_id=model_row, vector=blob))
     return face
 
 

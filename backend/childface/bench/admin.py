@@ -250,7 +250,7 @@ def _build(
             vectors = rng.standard_normal((len(added), dim)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             uow.session.add_all(
-                Embedding(face_id=face.id, model_id=model_db_id, vector=vector.astype("<f4").tobytes())
+                Embedding.of(face_id=face.id, model_id=model_db_id, vector=vector.astype("<f4").tobytes())
                 for face, vector in zip(added, vectors, strict=True)
             )
             uow.audit("bench.faces", target_type="face", face_ids=[f.id for f in added],

@@ -94,7 +94,7 @@ def _build_gallery(db: Database, model_db_id: int, n_faces: int) -> tuple[int, i
                 added.append((face, vectors[i]))
             uow.session.flush()
             uow.session.add_all(
-                Embedding(face_id=face.id, model_id=model_db_id, vector=vector.astype("<f4").tobytes())
+                Embedding.of(face_id=face.id, model_id=model_db_id, vector=vector.astype("<f4").tobytes())
                 for face, vector in added
             )
             uow.audit("bench.faces", target_type="face", target_id=None, face_ids=[f.id for f, _ in added])

@@ -9,6 +9,7 @@ their sessions and API keys, the recognition review queue and import runs.
 from __future__ import annotations
 
 import enum
+import hashlib
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -147,6 +148,8 @@ class Child(Base):
     consent_recorded_by: Mapped[str | None] = mapped_column(String(200))
     consent_recorded_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("children.id", ondelete="SET NULL"))
+    #: when the child was last archived (retention counts from here); None while active
+    archived_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -164,6 +167,10 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
     source: Mapped[ImageSource] = mapped_column(_enum(ImageSource, "image_source"))
     uploaded_by: Mapped[str] = mapped_column(String(200))
+    #: when the photo was taken: EXIF DateTimeOriginal when present and plausible, else the upload time
+    taken_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: "exif" | "upload": where `taken_at` came from
+    taken_at_source: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     faces: Mapped[list[Face]] = relationship(
@@ -195,6 +202,8 @@ class Face(Base):
     review_state: Mapped[ReviewState] = mapped_column(
         _enum(ReviewState, "review_state"), default=ReviewState.enrolled, index=True
     )
+    #: set when the template policy retired this template (surplus, oldest first): kept, not searched
+    retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     image: Mapped[Image] = relationship(back_populates="faces")
@@ -208,11 +217,32 @@ class Face(Base):
         return [self.box_x1, self.box_y1, self.box_x2, self.box_y2]
 
 
+class ModelState(enum.StrEnum):
+    #: the model recognitions use; at most one row (a partial unique index says so)
+    current = "current"
+    #: embeddings exist or are being computed, not searched by recognitions
+    available = "available"
+
+
 class EmbeddingModel(Base):
-    """One embedding space: vectors of different models are never searched together."""
+    """One embedding space: vectors of different models are never searched together.
+
+    `spec` says how to load the embedder again in any process (`{"embedder", "weights",
+    "arch", "flip"}`), so a model made current by `switch-model` is followed by every
+    API process without a restart.
+    """
 
     __tablename__ = "embedding_models"
-    __table_args__ = NO_ID_REUSE
+    __table_args__ = (
+        Index(
+            "uq_embedding_models_one_current",
+            "state",
+            unique=True,
+            sqlite_where=text("state = 'current'"),
+            postgresql_where=text("state = 'current'"),
+        ),
+        NO_ID_REUSE,
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     #: the embedder's model_id: name + weights hash prefix
@@ -220,7 +250,18 @@ class EmbeddingModel(Base):
     name: Mapped[str] = mapped_column(String(100))
     weights_sha256: Mapped[str] = mapped_column(String(64))
     dim: Mapped[int] = mapped_column(Integer)
+    #: how to load this embedder: {"embedder": str, "weights": str | None, "arch": str, "flip": bool}
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=ModelState.available, server_default="available")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+def embedding_checksum(model_id: int, vector: bytes) -> str:
+    """sha256 over an embedding's model row id and its vector bytes (the `embeddings.checksum` column).
+
+    Detects a vector changed on disk or in the database, and a row moved to another model.
+    """
+    return hashlib.sha256(b"%d:" % model_id + bytes(vector)).hexdigest()
 
 
 class Embedding(Base):
@@ -235,10 +276,19 @@ class Embedding(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("embedding_models.id", ondelete="RESTRICT"), index=True)
     #: float32 little-endian, L2-normalised, `dim` values
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    #: `embedding_checksum(model_id, vector)`; checked by `verify` and at start-up
+    checksum: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     face: Mapped[Face] = relationship(back_populates="embeddings")
     model: Mapped[EmbeddingModel] = relationship()
+
+    @classmethod
+    def of(cls, *, face_id: int, model_id: int, vector: bytes) -> Embedding:
+        """A row with its checksum filled in: every writer of embeddings goes through here
+        (or `embedding_checksum` on bulk paths)."""
+        checksum = embedding_checksum(model_id, vector)
+        return cls(face_id=face_id, model_id=model_id, vector=vector, checksum=checksum)
 
 
 class AuditEvent(Base):
@@ -344,6 +394,8 @@ class ReviewItem(Base):
     resolution: Mapped[str | None] = mapped_column(String(32))
     resolved_by: Mapped[str | None] = mapped_column(String(200))
     resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: why recognition sent the face to review: codes such as "below_accept", "small_margin", "sibling"
+    reasons: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
@@ -565,4 +617,87 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+# ---- data lifecycle and identity care -----------------------------------------------------------------
+
+
+class ReembedJob(Base):
+    """Computing a new model's embedding for every enrolled face (`childface reembed`).
+
+    Progress is the DB itself: a face is done when it has an embedding of `model_id`,
+    so a run killed at any point resumes where it stopped. At most one runs at a time.
+    """
+
+    __tablename__ = "reembed_jobs"
+    __table_args__ = (
+        Index(
+            "uq_reembed_jobs_one_running",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+        NO_ID_REUSE,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("embedding_models.id", ondelete="CASCADE"), index=True)
+    #: "running" | "finished" | "failed" | "cancelled"
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started_by: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: the running process ("host:pid")
+    owner: Mapped[str | None] = mapped_column(String(200))
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    #: faces whose photo is missing or has no face any more: listed in `error`
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    faces_per_s: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class RemovedFace(Base):
+    """A face staff removed, kept so the removal can be undone (`POST /audit/{seq}/undo`).
+
+    The face row and its embeddings are deleted (the face leaves every query) and
+    their columns are kept in `payload`; the photo's `images` row stays while a
+    removed face refers to it. Purged after `removed_faces_keep_days`, and at once
+    when the child is erased.
+    """
+
+    __tablename__ = "removed_faces"
+
+    face_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    child_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    #: the audit event of the removal
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    #: the face's columns and its embeddings ({"face": {...}, "embeddings": [{model_id, vector_b64, ...}]})
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    removed_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
+
+
+class RelationKind(enum.StrEnum):
+    sibling = "sibling"
+    twin = "twin"
+
+
+class ChildRelation(Base):
+    """Two children staff marked as siblings or twins (smaller id first); goes with either child."""
+
+    __tablename__ = "child_relations"
+    __table_args__ = (
+        UniqueConstraint("child_a_id", "child_b_id", name="uq_child_relations_pair"),
+        NO_ID_REUSE,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    child_a_id: Mapped[int] = mapped_column(ForeignKey("children.id", ondelete="CASCADE"), index=True)
+    child_b_id: Mapped[int] = mapped_column(ForeignKey("children.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[RelationKind] = mapped_column(_enum(RelationKind, "relation_kind"))
+    created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

@@ -26,7 +26,7 @@ import numpy as np
 from sqlalchemy import Table, insert, text
 from sqlalchemy.orm import Session
 
-from childface.db.models import Child, ChildStatus, Embedding, Face, Image, ReviewState
+from childface.db.models import Child, ChildStatus, Embedding, Face, Image, ReviewState, embedding_checksum
 from childface.db.session import Actor, Database
 from childface.index.base import check_vectors
 
@@ -79,7 +79,8 @@ def insert_batch(db: Database, actor: Actor, model_row: int, dim: int, batch: Bu
                 session,
                 Embedding.__table__,
                 [
-                    {"face_id": f, "model_id": model_row, "vector": b}
+                    {"face_id": f, "model_id": model_row, "vector": b,
+                     "checksum": embedding_checksum(model_row, b)}
                     for f, b in zip(face_ids, blobs, strict=True)
                 ],
             )

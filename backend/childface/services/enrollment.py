@@ -290,7 +290,7 @@ def persist_face(
     session.add(row)
     session.flush()
     vector = np.ascontiguousarray(face.embedding, dtype="<f4").reshape(-1)
-    session.add(Embedding(face_id=row.id, model_id=model_db_id, vector=vector.tobytes()))
+    session.add(Embedding.of(face_id=row.id, model_id=model_db_id, vector=vector.tobytes()))
     session.flush()
     return row
 
