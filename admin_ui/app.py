@@ -34,6 +34,7 @@ PAGES = {
     "children": page("children.py", "Children", ":material/groups:"),
     "enroll": page("enroll.py", "Enroll", ":material/person_add:"),
     "child": page("child_detail.py", "Child detail", ":material/badge:"),
+    "needs_photos": page("needs_photos.py", "Needs new photos", ":material/add_a_photo:"),
     "review": page("review.py", "Review", ":material/rule:"),
     "recognise": page("recognise.py", "Recognise", ":material/center_focus_strong:"),
     "attendance": page("attendance.py", "Attendance", ":material/how_to_reg:"),
@@ -46,7 +47,7 @@ PAGES = {
 #: which pages each permission opens (the API enforces the same rules)
 NEEDS = {"children": "read", "child": "read", "audit": "read", "enroll": "enroll", "import": "enroll",
          "review": "write", "recognise": "recognize", "attendance": "read", "cameras": "read",
-         "settings": "admin", "staff": "admin"}
+         "settings": "admin", "staff": "admin", "needs_photos": "read"}
 
 st.session_state.pages = PAGES
 ui.restore_session()

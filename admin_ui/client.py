@@ -12,11 +12,13 @@ from admin_ui import config
 class ApiError(Exception):
     """Something the API refused or could not do; `message` is fit to show to staff."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, details: list[Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        #: the error's `details` (e.g. the later change a refused undo names), when it has them
+        self.details = details
 
 
 class Api:
@@ -61,9 +63,11 @@ class Api:
 
 
 def _error(response: requests.Response) -> ApiError:
+    details = None
     try:
         body = response.json()["error"]
         code, message = str(body.get("code", "error")), str(body.get("message", ""))
+        details = body.get("details") if isinstance(body.get("details"), list) else None
     except (ValueError, KeyError, TypeError, AttributeError):
         code, message = "error", ""
     if response.status_code == 401 and code in {"invalid_token", "unauthorized"}:
@@ -74,4 +78,5 @@ def _error(response: requests.Response) -> ApiError:
         message = "Your account is not allowed to do this. Ask an administrator."
     elif response.status_code >= 500:
         message = f"The server had a problem ({message or response.status_code}). Try again or tell IT."
-    return ApiError(response.status_code, code, (message or f"Request failed ({response.status_code})."))
+    message = message or f"Request failed ({response.status_code})."
+    return ApiError(response.status_code, code, message, details)

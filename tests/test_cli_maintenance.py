@@ -8,13 +8,19 @@ import secrets
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 
+from api.support import Photos, photos, pipeline, runtime  # noqa: F401 - real models, both databases
 from childface.db import Actor, Database
-from childface.db.models import Image, ImageSource
+from childface.db.models import AuditEvent, Child, ChildStatus, Embedding, Image, ImageSource
+from childface.services.children import create_child, set_child_status
+from childface.services.enrollment import Photo, enroll_photos
 from childface.services.media import MediaStore
+from childface.services.runtime import Runtime
 
 CHILDFACE = str(Path(sys.executable).with_name("childface"))
 ACTOR = Actor("system", "cli-test")
@@ -94,6 +100,9 @@ def test_verify_and_gc_media_find_and_fix_what_does_not_match(
 
     doctor = run_cli("doctor", "--json", env=cli_env)
     assert "1 temporary file(s) would be removed" in json.loads(doctor.stdout)["recovery"], doctor.stderr
+    assert json.loads(doctor.stdout)["integrity"] == (
+        "0 corrupt embedding(s), 1 missing photo(s): run childface verify --repair"
+    )
     recovered = run_cli("recover", "--json", env=cli_env)
     assert recovered.returncode == 0, recovered.stderr
     assert json.loads(recovered.stdout)["temp_files"] == [str(temp)] and not temp.exists()
@@ -105,3 +114,64 @@ def test_verify_on_a_database_that_is_not_migrated_is_a_usage_error(tmp_path: Pa
                CHILDFACE_MEDIA_DIR=str(tmp_path / "media"))
     result = run_cli("verify", env=env)
     assert result.returncode == 2 and "childface migrate" in result.stderr
+
+
+def test_verify_repair_re_embeds_damaged_embeddings(
+    runtime: Runtime, photos: Photos, cli_env: dict[str, str]  # noqa: F811
+) -> None:
+    child = create_child(db=runtime.db, actor=ACTOR, external_id="C1", name="Ada")
+    outcomes = enroll_photos(runtime=runtime, actor=ACTOR, child_id=child.id, confirm=True,
+                             photos=[Photo(photos.person(0, 0)), Photo(photos.person(0, 1))])
+    flipped, unchecked = (o.enrolled_face_id for o in outcomes)
+    with runtime.db.engine.begin() as connection:  # behind the application's back
+        vector = connection.scalar(select(Embedding.vector).where(Embedding.face_id == flipped))
+        connection.execute(update(Embedding).where(Embedding.face_id == flipped)
+                           .values(vector=bytes([vector[0] ^ 1]) + bytes(vector[1:])))
+        connection.execute(update(Embedding).where(Embedding.face_id == unchecked).values(checksum=None))
+
+    found = run_cli("verify", "--json", "--sample", "0", env=cli_env)
+    assert found.returncode == 1, found.stdout + found.stderr
+    report = json.loads(found.stdout)
+    assert report["findings"] == {"embeddings_checksum_mismatch": 1, "embeddings_unchecked": 1}
+    assert {(f["face_id"], tuple(f["problems"])) for f in report["embeddings"]["findings"]} == {
+        (flipped, ("checksum_mismatch",)), (unchecked, ("unchecked",))
+    }
+
+    repaired = run_cli("verify", "--repair", "--sample", "2", env=cli_env)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "repaired: 2 embedding(s)" in repaired.stdout and "re-computation from photos" in repaired.stdout
+    with runtime.db.session() as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.action == "integrity.repaired")).one()
+    assert event.actor == "system:verify" and event.face_ids == sorted([flipped, unchecked])
+
+
+def test_retention_dry_run_changes_nothing_and_the_run_erases_what_it_listed(
+    database: Database, cli_env: dict[str, str]
+) -> None:
+    off = run_cli("retention", env=cli_env)
+    assert off.returncode == 0 and "retention is off" in off.stdout, off.stderr
+    ids = {}
+    for external_id, days in (("GONE", 40), ("STAYS", 10)):
+        ids[external_id] = create_child(db=database, actor=ACTOR, external_id=external_id, name="x").id
+        set_child_status(db=database, actor=ACTOR, child_id=ids[external_id], status=ChildStatus.archived)
+        with database.engine.begin() as connection:
+            connection.execute(update(Child).where(Child.id == ids[external_id])
+                               .values(archived_at=datetime.now(UTC) - timedelta(days=days)))
+    env = {**cli_env, "CHILDFACE_RETENTION_ARCHIVED_DAYS": "30"}
+
+    dry = run_cli("retention", "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert [(c["child_id"], c["external_id"]) for c in planned["children"]] == [(ids["GONE"], "GONE")]
+    with database.session() as session:
+        assert session.get(Child, ids["GONE"]) is not None
+        assert not session.scalars(select(AuditEvent).where(AuditEvent.actor == "system:retention")).all()
+
+    done = run_cli("retention", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "erased 1 child(ren)" in done.stdout and "GONE" in done.stdout
+    with database.session() as session:
+        assert session.get(Child, ids["GONE"]) is None and session.get(Child, ids["STAYS"]) is not None
+        actions = session.scalars(select(AuditEvent.action).where(AuditEvent.actor == "system:retention")
+                                  .order_by(AuditEvent.seq)).all()
+    assert actions == ["retention.run", "child.erased"]

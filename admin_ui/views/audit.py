@@ -1,4 +1,5 @@
-"""Audit: who changed what and when, in words for people, filterable, with CSV export (the API's codes)."""
+"""Audit: who changed what and when, in words for people, filterable, with CSV export (the API's codes);
+staff can undo a change from here too (`admin_ui.undo`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import datetime, time
 import streamlit as st
 
 from admin_ui import describe, ui, widgets
+from admin_ui import undo as undo_ui
 
 ui.require("read")
 api = ui.api()
@@ -53,6 +55,7 @@ if events:
           "Details": describe.sentence(e, name_of)} for e in items],
         hide_index=True, width="stretch", key="audit_table",
     )
+    undo_ui.undo_controls(items, name_of, zone, key="audit")
     if st.button("Prepare CSV export", key="audit_export", icon=":material/download:"):
         exported = ui.call(lambda: api.get_bytes("/audit.csv", **filters))
         if exported is not None:

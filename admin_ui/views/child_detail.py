@@ -1,5 +1,5 @@
 """One child: details (edit, archive, erase), enrolled faces with their original photos, remove or move a
-face, merge a duplicate child in, and the child's history in words.
+face, merge a duplicate child in, mark siblings and twins, and the child's history in words.
 
 The child comes from the Children page (a clicked row), a link (`?child=ID`), or
 the search box here. Times are shown in the browser's time zone (the server's
@@ -11,6 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from admin_ui import describe, ui, widgets
+from admin_ui import undo as undo_ui
 
 ui.require("read")
 api = ui.api()
@@ -71,8 +72,9 @@ if ui.can("write"):
 
 if ui.can("erase"):
     with st.expander(f"Erase {child['name']} permanently", icon=":material/delete_forever:"):
-        st.warning("Erasing deletes the child, every photo and face of the child, and cannot be undone. "
-                   "The audit trail keeps only a note that the erasure happened.")
+        st.warning("Erasing deletes the child, every photo and face of the child (removed faces kept for "
+                   "undo too). The audit trail keeps only a note that the erasure happened. "
+                   "**Erasure cannot be undone.**")
         typed = st.text_input("Type ERASE to confirm", key="erase_confirm")
         if st.button("Erase permanently", key="erase_button", type="primary", disabled=typed != "ERASE"):
             result = ui.call(lambda: api.post(f"/children/{child_id}/erase", json={"confirm": "ERASE"}))
@@ -100,8 +102,11 @@ for n, face in enumerate(faces):
         if pictures.get(face["id"]):
             st.image(pictures[face["id"]], width="stretch")
         quality = face["quality"]["score"]
-        st.caption(f"Face {face['id']} · {STATES[face['review_state']]} · quality {quality:.2f}"
-                   f" · added {describe.when(face['created_at'], zone)}")
+        # a retired template (the oldest beyond the child's cap) is kept but no longer searched
+        state = "Retired (kept, not used)" if face.get("retired") else STATES[face["review_state"]]
+        age = describe.photo_age(face.get("taken_at"), face.get("taken_at_source"))
+        st.caption(f"Face {face['id']} · {state} · quality {quality:.2f}"
+                   f" · added {describe.when(face['created_at'], zone)}" + (f" · photo {age}" if age else ""))
         staff = ui.can("write")  # a whole photo may show others: staff only, as the API says
         if staff and st.button("Original photo", key=f"photo_{face['id']}", icon=":material/photo:"):
             showing = st.session_state.get("show_photo") == face["id"]
@@ -111,10 +116,12 @@ for n, face in enumerate(faces):
         if st.button("Remove", key=f"remove_{face['id']}", icon=":material/delete:"):
             st.session_state.confirm_remove = face["id"]
         if st.session_state.get("confirm_remove") == face["id"]:
-            st.warning("Remove this face and its photo?")
+            st.warning("Remove this face? It is no longer used to recognise the child. For a while it can "
+                       "be restored from the History below (Undo); then it and its photo are deleted.")
             if st.button("Yes, remove", key=f"remove_yes_{face['id']}", type="primary") and ui.call(
-                lambda face=face: api.delete(f"/faces/{face['id']}"), success="Face removed."
+                lambda face=face: api.delete(f"/faces/{face['id']}")
             ):
+                st.session_state.flash = "Face removed." + undo_ui.removal_note(child_id, zone)
                 st.session_state.pop("confirm_remove", None)
                 st.rerun()
         if target is not None and st.button(f"Move to {target_name}", key=f"move_{face['id']}",
@@ -149,6 +156,44 @@ if ui.can("write") and child["status"] == "active":
                 st.session_state.flash = f"Merged: {len(merged['moved_face_ids'])} face(s) moved here."
                 st.rerun()
 
+# ---- siblings and twins -----------------------------------------------------------------------------
+
+
+def siblings_and_twins(child: dict) -> None:
+    """The child's marked siblings and twins, each a link to their page; staff mark another or unmark one."""
+    st.subheader("Siblings and twins")
+    st.caption("Children who look alike for a reason. Recognition asks a person rather than confuse them "
+               "(a twin always, unless clearly told apart), and they are never proposed as duplicates.")
+    relatives = ui.call(lambda: api.get(f"/children/{child['id']}/relations")) or []
+    if not relatives:
+        st.caption(f"No sibling or twin of {child['name']} is marked.")
+    for relative in relatives:
+        words, other_id = describe.RELATION_KINDS[relative["kind"]], relative["child_id"]
+        label = f"{relative['name']} ({relative['external_id']}) · {words}"
+        link, remove = st.columns([4, 1])
+        link.page_link(st.session_state.pages["child"], label=label, icon=":material/family_restroom:",
+                       query_params={"child": str(other_id)})
+        if not ui.can("write") or not remove.button("Remove", key=f"relation_remove_{other_id}"):
+            continue
+        if ui.call(lambda other_id=other_id: api.delete(f"/children/{child['id']}/relations/{other_id}"),
+                   success=f"{relative['name']} is no longer marked as {words}."):
+            st.rerun()
+    if not ui.can("write"):
+        return
+    with st.expander("Mark a sibling or twin", icon=":material/add:"):
+        other = widgets.find_child("The sibling or twin (search name or ID)", "relation_other",
+                                   exclude=[child["id"], *(r["child_id"] for r in relatives)], status=None)
+        kind = st.radio("They are", ["sibling", "twin"], horizontal=True, key="relation_kind",
+                        format_func=lambda k: describe.RELATION_KINDS[k] + "s")
+        if st.button("Mark", key="relation_add", type="primary", disabled=other is None) and ui.call(
+            lambda: api.post(f"/children/{child['id']}/relations", json={"child_id": other, "kind": kind}),
+            success=f"Marked as {kind}s.",
+        ):
+            st.rerun()
+
+
+siblings_and_twins(child)
+
 # ---- history ------------------------------------------------------------------------------------
 st.subheader("History")
 history = ui.call(lambda: api.get(f"/children/{child_id}/history", limit=200))
@@ -165,4 +210,5 @@ if history and history["items"]:
          for e in events],
         hide_index=True, width="stretch", key="detail_history",
     )
+    undo_ui.undo_controls(events, name_of, zone, key="history")
     st.caption(f"{history['total']} event(s). {zone_note}")

@@ -27,6 +27,8 @@ def files() -> dict[str, tuple[str, bytes]]:
 
 ACTIONS = {"import": "will be imported", "done": "already imported", "duplicate": "duplicate",
            "refused": "cannot be imported"}
+#: what the import does with a sibling or twin pair the CSV names (sibling_of / twin_of columns)
+RELATION_ACTIONS = {"add": "will be marked", "exists": "already marked", "refused": "cannot be marked"}
 
 
 def report_rows(run_id: int) -> dict[int, dict[str, str]]:
@@ -50,7 +52,9 @@ def show_result(run: dict, plan: dict | None) -> None:
     message = (f"Import finished: {c.get('imported', 0) - already} imported, "
                + (f"{already} already imported, " if already else "")
                + f"{c.get('duplicate', 0)} duplicates, {c.get('refused', 0)} could not be imported, "
-               f"{c.get('children_created', 0)} new children.")
+               f"{c.get('children_created', 0)} new children"
+               + (f", {c['relations_added']} sibling or twin pairs marked" if "relations_added" in c else "")
+               + ".")
     (st.success if run["status"] == "finished" else st.error)(
         message if run["status"] == "finished" else "The import stopped early. " + message)
     if not plan or not run["report_available"]:
@@ -88,6 +92,12 @@ if csv_file is not None and zip_file is not None:
             st.dataframe([{"Line": r["line"], "Child": r["child_id"], "Photo": r["image"],
                            "Outcome": ACTIONS[r["action"]], "Why": r["reason"]} for r in problems],
                          hide_index=True, width="stretch", key="import_problems")
+        if plan.get("relations"):
+            st.write("Siblings and twins named in the CSV (marked after the photos are imported):")
+            st.dataframe([{"Child": r["child_id"], "Sibling or twin": r["other_id"], "As": r["kind"],
+                           "Lines": ", ".join(map(str, r["lines"])), "Outcome": RELATION_ACTIONS[r["action"]],
+                           "Why": r["reason"]} for r in plan["relations"]],
+                         hide_index=True, width="stretch", key="import_relations")
         if counts["to_import"] and st.button(f"Import {counts['to_import']} row(s)", type="primary",
                                              key="import_run"):
             run = ui.call(lambda: api.post("/imports", files=files()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from admin_ui import ui
+from admin_ui import describe, ui
 
 #: why a face that needs review is not on the review list (the API's `review_not_queued_reason`)
 NOT_QUEUED = {
@@ -60,7 +60,10 @@ for n, face in enumerate(faces):
             st.markdown(f"**Face {n + 1}: {decision}: {who}, similarity {best['score']:.2f}")
         else:
             st.markdown(f"**Face {n + 1}: {decision}**")
-        if not face["quality"]["passed"]:
+        why = describe.decision_reasons(face.get("reasons"))  # a match has none
+        if why:
+            st.caption(f"Why: {why}")
+        elif not face["quality"]["passed"]:
             st.caption("Photo quality: " + ui.reasons_text(face["quality"]["reasons"]))
         if face["candidates"]:
             st.dataframe([{"Child": c["name"], "ID": c["external_id"], "Similarity": round(c["score"], 3)}

@@ -65,6 +65,9 @@ with queue_tab:
                                 "Similarity": f"{c['score']:.2f}"} for c in candidates[:3]])
             else:
                 details.markdown("**Who is this?** The system has no suggestion.")
+            why = describe.decision_reasons(item.get("reasons"))
+            if why:
+                details.caption(f"Why a person decides: {why}")
             key = f"review_{item['id']}"
             actions = details.columns(4)
             best = candidates[0] if candidates else None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+from urllib.parse import quote
 
 import streamlit as st
 
 from admin_ui import ui
+from admin_ui.client import ApiError
 
 ui.require("admin")
 api = ui.api()
@@ -96,6 +98,112 @@ def calibration_details(report: dict) -> None:
                          key="calibration_lowest_genuine")
 
 
+def model_summary(model: dict) -> str:
+    """How a model is loaded, in words: embedder, weights file, backbone, flip."""
+    spec = model.get("spec") or {}
+    if not spec:
+        return "how to load it is not recorded"
+    parts = [spec["embedder"]]
+    if spec.get("weights"):
+        parts.append(f"weights {spec['weights']}")
+    if spec["embedder"] == "arcface" and spec.get("arch"):
+        parts.append(f"backbone {spec['arch']}")
+    parts.append("with flip averaging" if spec.get("flip") else "without flip averaging")
+    return ", ".join(parts)
+
+
+def reembed_progress(job: dict) -> None:
+    """The latest re-embedding: a progress bar while it runs, the outcome when it ended."""
+    total = max(job["total"], 1)
+    done = job["done"] + job["failed"]
+    speed = f" · {job['faces_per_s']} faces/s" if job.get("faces_per_s") else ""
+    left = job.get("eta_s")
+    eta = f" · about {int(left // 60)} min {int(left % 60)} s left" if left else ""
+    label = f"Re-embedding with {job['model_key']}: {job['done']} of {job['total']} faces{speed}{eta}"
+    if job["status"] == "running":
+        st.progress(min(done / total, 1.0), text=label)
+    elif job["status"] == "finished":
+        st.success(f"Re-embedding with {job['model_key']} finished: {job['done']} of {job['total']} faces.",
+                   icon=":material/check_circle:")
+    else:
+        st.warning(f"Re-embedding with {job['model_key']} {job['status']}: {job['done']} of {job['total']} "
+                   f"faces done. Start it again to go on. {job.get('error') or ''}")
+    if job["failed"]:
+        st.caption(f"{job['failed']} face(s) could not be embedded: "
+                   + "; ".join(f"face {f['face_id']}: {f['reason']}" for f in job["failures"][:10]))
+
+
+def embedding_models() -> None:
+    """The embedding model in use, the others with their coverage, re-embedding and switching."""
+    st.subheader("Embedding model")
+    st.caption("The network that turns a face into numbers. To move to another one: re-embed every face "
+               "with it (recognition goes on meanwhile), check it, then make it current. Every server "
+               "follows at once.")
+    listed = ui.call(lambda: api.get("/models"))
+    if not listed:
+        return
+    models = listed["models"]
+    current = next((m for m in models if m["state"] == "current"), None)
+    if current:
+        thresholds = (current.get("spec") or {}).get("thresholds")
+        own = (f" · its own thresholds: accept {thresholds['accept_threshold']}, review "
+               f"{thresholds['review_threshold']}") if thresholds else ""
+        st.markdown(f"**In use:** `{current['key']}` ({model_summary(current)}), {current['embeddings']} "
+                    f"faces{own}")
+    if listed.get("note"):
+        st.info(listed["note"], icon=":material/info:")
+    others = [m for m in models if m["state"] != "current"]
+    if others:
+        rows = [{"Model": m["key"], "How it loads": model_summary(m),
+                 "Faces covered": f"{m['covered_faces']} of {m['enrolled_faces']} ({m['coverage']:.0%})"}
+                for m in others]
+        st.dataframe(rows, hide_index=True, width="stretch", key="models_table")
+
+    try:
+        job = api.get("/models/reembed")
+    except ApiError:
+        job = None  # none ran yet
+
+    @st.fragment(run_every=2 if job and job["status"] == "running" else None)
+    def progress() -> None:
+        latest = ui.call(lambda: api.get("/models/reembed")) if job else None
+        if latest:
+            reembed_progress(latest)
+            if latest["status"] != "running" and job["status"] == "running":
+                st.rerun()  # it ended: the whole page shows the new coverage
+
+    progress()
+    with st.form("reembed"):
+        st.markdown("**Re-embed every face with another model**")
+        cols = st.columns([2, 3, 1])
+        embedder = cols[0].selectbox("Embedder", ["arcface", "dlib-resnet"], key="reembed_embedder")
+        weights = cols[1].text_input("Weights file on the server (.pth or .onnx)", key="reembed_weights",
+                                     help="Leave empty for dlib-resnet's packaged weights.")
+        arch = cols[2].selectbox("Backbone", ["r50", "r100", "r34", "r18", "mbf"], key="reembed_arch",
+                                 help="For an arcface .pth file; an .onnx file names its own.")
+        flip = st.checkbox("Average each face with its mirror image (flip)", value=True, key="reembed_flip")
+        if st.form_submit_button("Re-embed", icon=":material/model_training:"):
+            body = {"embedder": embedder, "weights": weights.strip() or None, "arch": arch, "flip": flip}
+            if ui.call(lambda: api.post("/models/reembed", json=body),
+                       success="Re-embedding started: recognition goes on with the current model meanwhile."):
+                st.rerun()
+    if others:
+        choices = {m["key"]: f"{m['key']} ({m['coverage']:.0%} of the faces)" for m in others}
+        chosen = st.selectbox("Make another model current", list(choices), format_func=choices.get,
+                              index=None, placeholder="Choose a model...", key="switch_model")
+        if chosen is not None:
+            sure = st.checkbox(f"I have checked {chosen}: every server recognises with it from now on "
+                               "(the current model's data stays, so switching back is possible)",
+                               key="switch_sure")
+            if st.button("Make current", key="switch_button", type="primary", disabled=not sure) and ui.call(
+                lambda: api.post(f"/models/{quote(chosen, safe='')}/switch", json={}),
+                success=f"{chosen} is now the current model on every server.",
+            ):
+                st.session_state.pop("switch_model", None)
+                st.session_state.pop("switch_sure", None)
+                st.rerun()
+
+
 with model_tab:
     current = ui.call(lambda: api.get("/admin/settings"))
     if current:
@@ -133,6 +241,7 @@ with model_tab:
                     "review_threshold": report["proposed"]["review"]}
         if st.button("Use the proposed thresholds", key="calibration_apply", icon=":material/done_all:"):
             saved(proposal, "Proposed thresholds saved: every server uses them from its next recognition.")
+    embedding_models()
 
 with keys_tab:
     st.caption("Other systems (door terminals, attendance) sign in with an API key.")

@@ -295,13 +295,15 @@ class Settings(BaseSettings):
         default=0.05,
         ge=0.0,
         le=2.0,
-        description="A match whose marked sibling scores within this much goes to review (reason 'sibling').",
+        description="A match must lead each marked sibling by at least this much, else review (reason "
+        "'sibling'); see docs/recognition.md.",
     )
     twin_margin: float = Field(
         default=0.15,
         ge=0.0,
         le=2.0,
-        description="A twin is matched automatically only when the other twin trails by at least this much.",
+        description="A twin is matched automatically only when the other twin trails by at least this much, "
+        "else review (reason 'twin').",
     )
     stale_template_days: int = Field(
         default=183, ge=1, description="A child whose newest template is older than this needs new photos."
@@ -346,7 +348,8 @@ class Settings(BaseSettings):
         default=20, ge=0, description="Faces `verify` re-embeds from their photos to check the model."
     )
     backup_passphrase: SecretStr | None = Field(
-        default=None, description="Passphrase that encrypts backups (`childface backup`)."
+        default=None,
+        description="Passphrase of encrypted backups (`childface backup`/`restore`; or --passphrase-file).",
     )
 
     @field_validator("attendance_timezone")

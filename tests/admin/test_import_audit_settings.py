@@ -104,7 +104,7 @@ def test_settings_show_model_calibration_and_keys(
     at.switch_page("views/settings.py").run()
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Face model"] == "dlib-resnet" and metrics["Runs on"] == "cpu"
+    assert metrics["Face model"] == "dlib-resnet+flip" and metrics["Runs on"] == "cpu"  # flip TTA by default
 
     at.button(key="calibration_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]

@@ -93,7 +93,9 @@ def test_review_shows_the_boxed_photo_and_where_it_came_from(
 def test_duplicates_offer_moving_the_one_wrong_face_and_not_the_same_child(
     start_api: Callable[..., LiveApi], example: ExampleDataset, signed_in: Callable[..., AppTest]
 ) -> None:
-    live = start_api(review_threshold=0.9)
+    # the duplicate threshold (the review threshold) sits above what Ada's and Bob's own photos score
+    # with each other (0.898 without flip TTA, 0.908 with it) and below the wrong face's 0.99
+    live = start_api(review_threshold=0.92)
     ada = enroll(live, example, "Ada Mixed", ["c001/portrait.jpg", "c001/mirrored.jpg"])
     bob = enroll(live, example, "Bob Mixed", ["c002/portrait.jpg", "c002/mirrored.jpg"])
     # a photo of Ada enrolled under Bob by mistake (past the consistency warning)

@@ -5,6 +5,7 @@ logs); the audit keeps a tombstone with ids, counts, who and when."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from childface.db import Actor
-from childface.db.models import AuditEvent, Child, Embedding, Face, Image, ReviewItem
+from childface.db.models import AuditEvent, Child, Embedding, Face, Image, RemovedFace, ReviewItem
 from childface.services import importing
 
 from .support import Photos, box_text, create_child, enroll, recognize
@@ -142,6 +143,59 @@ def test_erasure_deletes_review_faces_that_propose_the_child(
     with runtime.db.session() as session:
         for item in session.scalars(select(ReviewItem)):
             assert eileen not in [c["child_id"] for c in item.candidates]
+
+
+def test_erasure_purges_the_childs_removed_faces_and_their_photos(
+    client: TestClient, auth, photos: Photos, runtime  # noqa: ANN001
+) -> None:
+    staff, admin = auth("staff"), auth("admin")
+    eileen = create_child(client, staff, "E-42", "Eileen Collins")
+    tom = create_child(client, staff, "T-1", "Tom")
+    own = enroll(client, staff, eileen, photos.person(7, 0), photos.person(7, 1))
+    group_faces = client.post(
+        "/detect", files={"file": ("t1.jpg", photos.group, "image/jpeg")}, headers=staff
+    ).json()["faces"]
+    shared_e = enroll(client, staff, eileen, photos.group, hint_box=box_text(group_faces[0]["box"]),
+                      confirm="true")
+    shared_t = enroll(client, staff, tom, photos.group, hint_box=box_text(group_faces[1]["box"]))
+    tom_own = enroll(client, staff, tom, photos.person(1, 2))
+    pending = _review_probe(client, staff, photos.person(3, 0), eileen)
+    # removed, kept for undo: a face of her own photo, hers on the group photo, a review face proposing
+    # her, and one of Tom's
+    hers = [p["enrolled_face_id"] for p in (own["photos"][0], shared_e["photos"][0])]
+    hers.append(pending["face"]["id"])
+    toms = tom_own["photos"][0]["enrolled_face_id"]
+    assert None not in (*hers, toms)
+    for face in (*hers, toms):
+        assert client.delete(f"/faces/{face}", headers=staff).status_code == 200
+    removals = {
+        int(e["target_id"]): e["seq"]
+        for e in client.get("/audit", params={"action": "face.removed"}, headers=staff).json()["items"]
+    }
+    review_file = f"{hashlib.sha256(photos.person(3, 0)).hexdigest()}.jpg"
+    assert review_file in _files(runtime)
+    kept_file = f"{own['photos'][0]['sha256']}.jpg"
+    assert kept_file in _files(runtime) and _count(runtime, RemovedFace) == 4
+
+    erased = client.post(f"/children/{eileen}/erase", json=ERASE, headers=admin)
+    assert erased.status_code == 200, erased.text
+    # her live face and the three removed ones; her two photos and the review photo (not the group photo)
+    assert erased.json()["faces_deleted"] == 4
+    assert erased.json()["images_deleted"] == erased.json()["files_deleted"] == 3
+
+    with runtime.db.session() as session:
+        assert list(session.scalars(select(RemovedFace.face_id))) == [toms]
+    assert not {f"{p['sha256']}.jpg" for p in own["photos"]} & _files(runtime)
+    assert review_file not in _files(runtime)
+    assert f"{shared_t['photos'][0]['sha256']}.jpg" in _files(runtime)
+    assert set(hers) <= set(_tombstones(client, staff)[0]["face_ids"])
+    # her removals cannot be undone any more: erasure is irreversible; Tom's still can
+    for face in hers:
+        answer = client.post(f"/audit/{removals[face]}/undo", headers=staff)
+        assert answer.status_code == 409 and answer.json()["error"]["code"] == "irreversible", answer.text
+    assert client.post(f"/audit/{removals[toms]}/undo", headers=staff).status_code == 200
+    assert client.get(f"/faces/{toms}", headers=staff).status_code == 200
+    assert runtime.gallery.check().clean
 
 
 def test_erasure_takes_the_children_merged_into_it(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,11 @@ def test_database_files_keep_no_erased_bytes(
     child = create_child(client, staff, "QE-913", name)
     enroll(client, staff, child, photos.person(7, 0), photos.person(7, 1))
     erased = _vectors(runtime, child)
-    secrets = [*erased.values(), name.encode(), b"QE-913"]
+    # a removed face, kept for undo: its vector is in `removed_faces`, in base64
+    removed = min(erased)
+    assert client.delete(f"/faces/{removed}", headers=staff).status_code == 200
+    kept_for_undo = base64.b64encode(erased.pop(removed))
+    secrets = [*erased.values(), kept_for_undo, name.encode(), b"QE-913"]
     # seen on video: a sighting with its crop, an arrival, and webhook events that name the child
     runtime.settings = runtime.settings.model_copy(
         update={"webhook_urls": ["http://127.0.0.1:9/hook"], "webhook_secret": SecretStr("k")}
@@ -147,7 +152,8 @@ def test_database_files_keep_no_erased_bytes(
     else:
         # PostgreSQL: dead row versions are left to VACUUM, which the erasure ran on the touched tables
         counts = _vacuum_counts(db_url)
-        touched = ("children", "faces", "embeddings", "audit_events", "sightings", "webhook_deliveries")
+        touched = ("children", "faces", "embeddings", "removed_faces", "audit_events", "sightings",
+                   "webhook_deliveries")
         assert all(counts[t] > vacuums[t] for t in touched)
 
 

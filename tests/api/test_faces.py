@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from childface.services.removed_faces import purge_expired_removals
+
 from .support import Photos, create_child, enroll, recognize
 
 
@@ -46,6 +48,10 @@ def test_reject_and_remove(client: TestClient, auth, photos: Photos, runtime) ->
     assert client.delete(f"/faces/{second}", headers=auth("viewer")).status_code == 403
     assert client.delete(f"/faces/{second}", headers=staff).status_code == 200
     assert client.get(f"/faces/{second}", headers=staff).status_code == 404
-    assert not stored[0].exists()  # the photo had no other face: its file went with it
+    assert stored[0].exists()  # kept with the removed face, so the removal can be undone
+    # removed faces kept 0 days are purged at the next housekeeping round: the photo had no other face
+    runtime.settings = runtime.settings.model_copy(update={"removed_faces_keep_days": 0})
+    assert purge_expired_removals(db=runtime.db, media=runtime.media, settings=runtime.settings) == [second]
+    assert not stored[0].exists()
     assert runtime.gallery.count == 0 and runtime.gallery.check().clean
     assert recognize(client, staff, photos.person(7, 3))["faces"][0]["decision"] == "unknown"

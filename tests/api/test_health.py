@@ -9,15 +9,17 @@ from fastapi.testclient import TestClient
 from childface.api.app import create_app
 
 
-def test_healthz_and_readyz(client: TestClient) -> None:
+def test_healthz_and_readyz(client: TestClient, runtime) -> None:  # noqa: ANN001
     assert client.get("/healthz").json() == {"status": "ok"}
+    runtime.integrity.wait(30)  # the start-up integrity check runs in the background ("checking")
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json() == {
         "service": "childface",  # a readiness check tells childface from another program on the port
         "version": metadata.version("childface"),
         "ready": True,
-        "checks": {"database": "ok", "models": "ok", "index": "ok"},
+        "checks": {"database": "ok", "models": "ok", "index": "ok", "integrity": "ok"},
+        "warnings": [],
     }
 
 

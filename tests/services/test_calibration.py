@@ -12,7 +12,9 @@ from childface.services.gallery import ensure_embedding_model
 from .faces import add_child, add_face
 
 
-def _enroll(database: Database, pipeline, embeddings, *, mislabel: bool) -> dict[str, list[int]]:  # noqa: ANN001
+def _enroll(
+    database: Database, pipeline, embeddings, *, mislabel: bool, photos: list[int] | slice = slice(4)  # noqa: ANN001
+) -> dict[str, list[int]]:
     """Eight real people, four photos each; with `mislabel`, person 1's fifth photo goes to person 0."""
     embedder = pipeline.embedder
     model_row = ensure_embedding_model(database, key=pipeline.model_id, name=embedder.name,
@@ -22,7 +24,7 @@ def _enroll(database: Database, pipeline, embeddings, *, mislabel: bool) -> dict
     for name, vectors in embeddings.items():
         children[name] = add_child(database, name)
         faces[name] = [add_face(database, child_id=children[name], model_row=model_row, vector=v)
-                       for v in vectors[:4]]
+                       for v in vectors[photos]]
     if mislabel:
         first, second = list(embeddings)[:2]
         wrong = add_face(database, child_id=children[first], model_row=model_row,
@@ -66,7 +68,9 @@ def test_one_mislabelled_face_does_not_move_the_proposal(
 def test_a_clean_gallery_has_no_suspects_and_the_same_proposal(
     database: Database, settings: Settings, pipeline, embeddings  # noqa: ANN001
 ) -> None:
-    _enroll(database, pipeline, embeddings, mislabel=False)
+    # not the darkened copy (2) of the 112 px portrait: with flip TTA it scores closer to another
+    # person than to his own photos (0.920 vs 0.914), and listing such a face is the check's job
+    _enroll(database, pipeline, embeddings, mislabel=False, photos=[0, 1, 3, 4])
     report = calibrate(database, settings, target_far=1e-2)
     assert report["suspect_faces"] == [] and report["templates"] == 32
     assert report["proposed"]["accept"] < 0.96

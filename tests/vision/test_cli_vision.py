@@ -80,6 +80,14 @@ def test_bench_pipeline_json(cli_env):
     assert report["mean_cosine_vs_dlib"] > 0.9 and report["matched_faces"] == 7
     assert [row["ours_faces"] for row in report["images"]] == [6, 1]
     assert report["background_load"] is False and len(report["load_average_after"]) == 3
+    # flip TTA's cost, both variants in the same run; the dlib ratio and cosine compare the plain one
+    flip = report["flip"]
+    assert flip["configured"] is True and report["embedder"] == flip["embedder_with"]
+    assert flip["embedder_with"].startswith("dlib-resnet+flip:")
+    assert flip["embedder_without"].startswith("dlib-resnet:")
+    assert flip["ms_per_face_with"] > 0 and flip["ms_per_face_without"] > 0 and flip["embed_faces"] == 7
+    assert flip["embed_ms_per_face_with"] > 0 and flip["embed_ms_per_face_without"] > 0
+    assert "without flip" in report["speedup_vs_dlib_variant"] and report["speedup_vs_dlib_with_flip"] > 0
 
 
 @pytest.mark.slow

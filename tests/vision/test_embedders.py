@@ -39,16 +39,18 @@ def _settings(base: Settings, **changes: object) -> Settings:
 
 
 def test_default_is_dlib_and_cached(registry, settings_cpu: Settings) -> None:
-    embedder = registry(settings_cpu)
+    plain = _settings(settings_cpu, embedder_flip_tta=False)  # the flip wrapper: test_flip.py
+    embedder = registry(plain)
     assert isinstance(embedder, DlibResNetEmbedder)
-    assert registry(settings_cpu) is embedder
+    assert registry(settings_cpu).inner is embedder  # the default wraps it
+    assert registry(plain) is embedder
     assert embedder.weights_sha256 == sha256_file(default_descriptor_path())
     assert embedder.model_id == f"dlib-resnet:{embedder.weights_sha256[:16]}"
     assert embedder.device == torch.device("cpu")
     np.testing.assert_array_equal(embedder.template, DLIB_TEMPLATE_150)
     assert embedder.template.shape == (5, 2) and embedder.template.dtype == np.float32
     unload_embedders()
-    assert registry(settings_cpu) is not embedder
+    assert registry(plain) is not embedder
 
 
 def test_arcface_needs_weights(registry, settings_cpu: Settings, tmp_path: Path) -> None:
@@ -63,10 +65,13 @@ def test_arcface_needs_weights(registry, settings_cpu: Settings, tmp_path: Path)
 
 def test_arcface_from_checkpoint(registry, settings_cpu: Settings, r18_checkpoint: Path) -> None:
     settings = _settings(
-        settings_cpu, embedder="arcface", embedder_weights=r18_checkpoint, embedder_arch="r18"
+        settings_cpu, embedder="arcface", embedder_weights=r18_checkpoint, embedder_arch="r18",
+        embedder_flip_tta=False,
     )
     embedder = registry(settings)
     assert isinstance(embedder, ArcFaceEmbedder)
+    flipped = registry(_settings(settings, embedder_flip_tta=True))  # flip TTA wraps every embedder
+    assert flipped.inner is embedder and flipped.model_id == embedder.model_id.replace(":", "+flip:")
     assert registry(settings) is embedder
     assert embedder.name == "arcface-r18" and embedder.dim == 512 and embedder.chip_size == 112
     assert embedder.model_id == f"arcface-r18:{sha256_file(r18_checkpoint)[:16]}"
@@ -93,7 +98,7 @@ def test_arcface_from_onnx_names_its_arch(registry, settings_cpu: Settings, tmp_
         )
     # the graph says mbf: the arch setting (default r50) is for .pth checkpoints only
     embedder = registry(_settings(settings_cpu, embedder="arcface", embedder_weights=path))
-    assert embedder.name == "arcface-mbf"
+    assert embedder.name == "arcface-mbf+flip"  # the default wraps it in flip TTA
     assert embedder.embed(torch.zeros((2, 3, 112, 112), dtype=torch.uint8)).shape == (2, 512)
 
 

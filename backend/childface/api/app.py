@@ -214,7 +214,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_request: Request, exc: DomainError) -> JSONResponse:
         return error_response(
-            exc.status, exc.code, exc.message, retry_after_s=getattr(exc, "retry_after_s", None)
+            exc.status,
+            exc.code,
+            exc.message,
+            getattr(exc, "details", None),  # e.g. the later change an undo's refusal names
+            retry_after_s=getattr(exc, "retry_after_s", None),
         )
 
     @app.exception_handler(AccountError)
@@ -255,7 +259,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         faces,
         health,
         imports,
+        models,
         recognition,
+        relations,
         review,
         sightings,
     )
@@ -296,7 +302,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.rate_limit = AddressRateLimit(settings.rate_limit_unauthenticated)
     _install_error_handlers(app)
     for module in (health, auth, children, faces, recognition, review, audit, admin, settings_routes, imports,
-                   calibration, sightings):
+                   calibration, sightings, relations, models):
         # every route refuses query parameters it does not declare (422, naming them)
         app.include_router(module.router, dependencies=[STRICT_QUERY])
     docs = {app.openapi_url, "/docs", app.swagger_ui_oauth2_redirect_url, "/redoc"} - {None}

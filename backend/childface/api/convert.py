@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import inspect
+
 from childface.api import schemas
-from childface.db.models import Child, Face
+from childface.db.models import Child, Face, Image
 from childface.services.enrollment import FaceVerdict, PhotoOutcome
 
 
@@ -40,8 +42,10 @@ def quality_public(quality: Any) -> schemas.QualityPublic:
     )
 
 
-def face_public(face: Face) -> schemas.FacePublic:
+def face_public(face: Face, image: Image | None = None) -> schemas.FacePublic:
+    """`image`: the face's photo, for when it was taken; default: the face's loaded `image`, if any."""
     details = face.quality_details or {"score": face.quality_score, "passed": True, "reasons": []}
+    photo = image if image is not None else _loaded_image(face)
     return schemas.FacePublic(
         id=face.id,
         child_id=face.child_id,
@@ -56,7 +60,16 @@ def face_public(face: Face) -> schemas.FacePublic:
         valence=face.valence,
         created_at=face.created_at,
         thumbnail_url=f"/faces/{face.id}/thumbnail",
+        taken_at=photo.taken_at if photo is not None else None,
+        taken_at_source=photo.taken_at_source if photo is not None else None,
+        retired=face.retired_at is not None,
+        retired_at=face.retired_at,
     )
+
+
+def _loaded_image(face: Face) -> Image | None:
+    """The face's photo row when it was loaded with it (a detached face cannot load it now)."""
+    return None if "image" in inspect(face).unloaded else face.image
 
 
 def detected_public(face: Any) -> schemas.DetectedFacePublic:

@@ -171,6 +171,30 @@ class ChildPage(BaseModel):
     offset: int
 
 
+class PhotoAgePublic(BaseModel):
+    """An active child and how old the photo of its newest searched template is."""
+
+    child_id: int
+    external_id: str
+    name: str
+    group: str | None
+    newest_taken_at: datetime | None = Field(description="When the newest template's photo was taken.")
+    newest_taken_at_source: Literal["exif", "upload"] | None = Field(
+        description="exif: the camera's date; upload: the photo had none, so the upload time."
+    )
+    age_days: int | None = Field(description="Days since newest_taken_at.")
+    n_templates: int = Field(description="Searched templates (retired ones not counted).")
+
+
+class NeedsNewPhotos(BaseModel):
+    stale_template_days: int = Field(description="A newest template older than this many days is stale.")
+    as_of: datetime
+    stale: list[PhotoAgePublic] = Field(
+        description="Children whose newest template is stale: by group (none last), oldest photo first."
+    )
+    no_photos: list[PhotoAgePublic] = Field(description="Active children with no searched template.")
+
+
 class EraseRequest(RequestBody):
     confirm: str = Field(description="Must be exactly 'ERASE': erasure cannot be undone.")
 
@@ -216,6 +240,20 @@ class FacePublic(BaseModel):
     valence: float | None
     created_at: datetime
     thumbnail_url: str
+    taken_at: datetime | None = Field(
+        default=None,
+        description="When the photo was taken: its EXIF date when plausible, else when it was uploaded "
+        "(null where the answer does not carry the photo, e.g. after DELETE).",
+    )
+    taken_at_source: Literal["exif", "upload"] | None = Field(
+        default=None, description="Where taken_at came from."
+    )
+    retired: bool = Field(
+        default=False,
+        description="Retired by the template policy (one of the child's oldest surplus templates): kept, "
+        "not searched.",
+    )
+    retired_at: datetime | None = None
 
 
 class ReassignRequest(RequestBody):
@@ -293,8 +331,17 @@ class Candidate(BaseModel):
     face_id: int | None = Field(default=None, description="The best matching enrolled face.")
 
 
+#: what the `reasons` of a decision may hold (docs/recognition.md, "Reasons")
+DECISION_REASONS = (
+    "Why the decision is not a match (empty for a match): below_accept, small_margin, sibling, twin, "
+    "several_candidates (review); below_review, no_templates (unknown); quality:<check> (the face failed "
+    "the quality gate, e.g. quality:blurred, quality:too_small: never matched automatically)."
+)
+
+
 class RecognizedFace(DetectedFacePublic):
     decision: Decision
+    reasons: list[str] = Field(default=[], description=DECISION_REASONS)
     candidates: list[Candidate] = Field(description="Best first.")
     review_id: int | None = Field(default=None, description="Review-queue item when decision is review.")
     review_queued: bool | None = Field(
@@ -329,7 +376,10 @@ class VerifyResponse(BaseModel):
     child_id: int | None = None
     face: DetectedFacePublic | None = None
     other_face: DetectedFacePublic | None = None
-    reasons: list[str] = []
+    reasons: list[str] = Field(
+        default=[],
+        description=DECISION_REASONS + " Also no_face, no_face_in_second_photo, child_has_no_templates.",
+    )
 
 
 # --- review ---------------------------------------------------------------------------------
@@ -359,6 +409,9 @@ class ReviewItemPublic(BaseModel):
     image_height: int
     source: ReviewSource | None = Field(description="Null when its audit event is gone (erasure).")
     candidates: list[ReviewCandidate]
+    reasons: list[str] = Field(
+        default=[], description="Why recognition sent the face to review (the `reasons` of its decision)."
+    )
     resolution: str | None
     resolved_by: str | None
     resolved_at: datetime | None
@@ -379,8 +432,12 @@ class ResolveRequest(RequestBody):
     )
     child_id: RowId | None = None
     new_child: ChildCreate | None = None
-    add_as_template: bool = Field(
-        default=True, description="Enroll the face as a new template if it passes the quality gate."
+    add_as_template: bool | None = Field(
+        default=None,
+        description="true: enroll the face as a new template if it passes the quality gate; false: never; "
+        "null (default): the template policy decides (setting auto_templates: under 'confirmed' or "
+        "'confident' the face becomes a template unless it is a near-duplicate of one, a marked sibling "
+        "or twin scores too close, or the child's template cap cannot make room).",
     )
 
 
@@ -443,6 +500,10 @@ class AuditEventPublic(BaseModel):
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     face_ids: list[int] | None
+    undoable: bool = Field(
+        default=False,
+        description="Whether `POST /audit/{seq}/undo` would likely be accepted (a hint: the undo decides).",
+    )
 
 
 class AuditPage(BaseModel):
@@ -482,3 +543,5 @@ class Readiness(BaseModel):
     version: str
     ready: bool
     checks: dict[str, str]
+    #: problems that do not make the server unready, e.g. "integrity: 2 corrupt embedding(s), ..."
+    warnings: list[str] = Field(default_factory=list)

@@ -16,6 +16,15 @@ on every core beside the whole measurement (bench/background_load.py).
 `mean_cosine_vs_dlib` compares our descriptor (our detector and alignment) with
 dlib's full-pipeline descriptor for the same face, faces paired by box IoU.
 
+Flip test-time augmentation (`embedder_flip_tta`) is measured in the same run:
+the configured pipeline (`ours`) and the same pipeline with the flip switched
+the other way take turns on each image, and `flip` reports both, per image and
+per face, plus the embedder alone on the images' real chips (both variants
+interleaved, `embed_ms_per_face_*`). `speedup_vs_dlib` and
+`mean_cosine_vs_dlib` compare the variant WITHOUT flip: the same descriptor dlib
+computes, like for like (`speedup_vs_dlib_variant` says so);
+`speedup_vs_dlib_with_flip` is the ratio for the flip variant.
+
 On CUDA it also measures the embedder alone (faces/s over large batches of
 real chips) and end-to-end latency for a one-face 640x480 photo.
 """
@@ -38,6 +47,7 @@ import torch
 
 from childface.bench.background_load import background_load as cpu_hog
 from childface.config import Settings
+from childface.vision.embedders import load_embedder
 from childface.vision.pipeline import FacePipeline
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -197,20 +207,32 @@ def run_benchmark(
     """Time both pipelines on `images`; the JSON-ready report (see the module docstring)."""
     pipeline = FacePipeline.from_settings(settings)
     device = torch.device(settings.resolved_device)
+    # the same pipeline with flip TTA switched the other way, sharing the detector and the weights
+    toggled = settings.model_copy(update={"embedder_flip_tta": not settings.embedder_flip_tta})
+    other = FacePipeline(toggled, pipeline.detector, load_embedder(toggled))
+    flipped, plain = (pipeline, other) if settings.embedder_flip_tta else (other, pipeline)
 
-    def ours(data: bytes) -> list[tuple[np.ndarray, np.ndarray]]:
-        faces = pipeline.process([data])[0]
-        _sync(device)
-        return [(np.asarray(f.box, dtype=np.float32), f.embedding) for f in faces]
+    def runner(p: FacePipeline) -> Callable[[bytes], list[tuple[np.ndarray, np.ndarray]]]:
+        def run(data: bytes) -> list[tuple[np.ndarray, np.ndarray]]:
+            faces = p.process([data])[0]
+            _sync(device)
+            return [(np.asarray(f.box, dtype=np.float32), f.embedding) for f in faces]
 
-    our_faces = [ours(image.data) for image in images]
+        return run
+
+    run_flip, run_plain = runner(flipped), runner(plain)
+    plain_faces = [run_plain(image.data) for image in images]
+    our_faces = plain_faces if plain is pipeline else [run_flip(image.data) for image in images]
     dlib_pipeline = DlibPipeline() if with_dlib else None
     dlib_faces = [dlib_pipeline(image.data) for image in images] if dlib_pipeline else []
     load_before = os.getloadavg()
     with cpu_hog() if background_load else contextlib.nullcontext():
-        timed = _time_interleaved(images, [ours] + ([dlib_pipeline] if dlib_pipeline else []), repeat)
+        runs = [run_flip, run_plain] + ([dlib_pipeline] if dlib_pipeline else [])
+        timed = _time_interleaved(images, runs, repeat)
+        embed_times = _embedder_times(plain, flipped, images, repeat)
     load_after = os.getloadavg()
-    our_latency = timed[0]
+    flip_latency, plain_latency = timed[0], timed[1]
+    our_latency = plain_latency if plain is pipeline else flip_latency
     report: dict[str, object] = {
         "device": str(device),
         "device_name": _device_name(device),
@@ -227,23 +249,43 @@ def run_benchmark(
         "repeat": repeat,
         "ours": _summary(our_latency, [len(f) for f in our_faces]),
     }
+    face_counts = [len(f) for f in our_faces]
+    with_flip, without_flip = _summary(flip_latency, face_counts), _summary(plain_latency, face_counts)
+    report["flip"] = {
+        "configured": settings.embedder_flip_tta,
+        "embedder_with": flipped.model_id,
+        "embedder_without": plain.model_id,
+        "with": with_flip,
+        "without": without_flip,
+        "ms_per_face_with": 1000 / with_flip["faces_per_s"],
+        "ms_per_face_without": 1000 / without_flip["faces_per_s"],
+        "extra_ms_per_face": 1000 / with_flip["faces_per_s"] - 1000 / without_flip["faces_per_s"],
+        **embed_times,
+    }
     per_image: list[dict[str, object]] = [
-        {"image": image.name, "ours_faces": len(faces), "ours_p50_ms": 1000 * statistics.median(lat)}
-        for image, faces, lat in zip(images, our_faces, our_latency, strict=True)
+        {"image": image.name, "ours_faces": len(faces), "ours_p50_ms": 1000 * statistics.median(lat),
+         "flip_p50_ms": 1000 * statistics.median(with_), "no_flip_p50_ms": 1000 * statistics.median(without)}
+        for image, faces, lat, with_, without in zip(
+            images, our_faces, our_latency, flip_latency, plain_latency, strict=True
+        )
     ]
 
     if dlib_pipeline is not None:
-        dlib_latency = timed[1]
+        dlib_latency = timed[2]
         report["dlib"] = _summary(dlib_latency, [len(f) for f in dlib_faces])
-        report["speedup_vs_dlib"] = report["dlib"]["mean_ms"] / report["ours"]["mean_ms"]  # type: ignore[index]
+        dlib_mean = report["dlib"]["mean_ms"]  # type: ignore[index]
+        # like for like: our pipeline computing dlib's own descriptor (no flip)
+        report["speedup_vs_dlib"] = dlib_mean / without_flip["mean_ms"]
+        report["speedup_vs_dlib_variant"] = f"without flip TTA ({plain.model_id})"
+        report["speedup_vs_dlib_with_flip"] = dlib_mean / with_flip["mean_ms"]
         cosines: list[float] = []
-        for row, faces, theirs, lat in zip(per_image, our_faces, dlib_faces, dlib_latency, strict=True):
+        for row, faces, theirs, lat in zip(per_image, plain_faces, dlib_faces, dlib_latency, strict=True):
             matched = match_cosines(faces, theirs)
             cosines += matched
             row.update(
                 dlib_faces=len(theirs),
                 dlib_p50_ms=1000 * statistics.median(lat),
-                speedup_vs_dlib=statistics.median(lat) / row["ours_p50_ms"] * 1000,  # type: ignore[operator]
+                speedup_vs_dlib=statistics.median(lat) / row["no_flip_p50_ms"] * 1000,  # type: ignore[operator]
                 matched_faces=len(matched),
                 mean_cosine_vs_dlib=float(np.mean(matched)) if matched else None,
             )
@@ -259,14 +301,37 @@ def run_benchmark(
     return report
 
 
+def _embedder_times(
+    plain: FacePipeline, flipped: FacePipeline, images: Sequence[BenchImage], repeat: int
+) -> dict[str, float]:
+    """The embedder alone on the images' real chips, one batch a call: ms per face without and with
+    flip TTA, the two taking turns (`repeat` rounds after a warm-up)."""
+    chips = [face.chip for image in images for face in plain.detect_only([image.data])[0]]
+    if not chips:
+        return {}
+    tensor = torch.from_numpy(np.stack(chips)).permute(0, 3, 1, 2).contiguous().to(plain.device)
+    embedders = (plain.embedder, flipped.embedder)
+    times: list[list[float]] = [[], []]
+    for embedder in embedders:
+        embedder.embed(tensor)
+    for _ in range(max(3, repeat)):
+        for i, embedder in enumerate(embedders):
+            _sync(plain.device)
+            start = time.perf_counter()
+            embedder.embed(tensor)
+            _sync(plain.device)
+            times[i].append(time.perf_counter() - start)
+    without, with_flip = (1000 * statistics.median(t) / len(chips) for t in times)
+    return {"embed_faces": len(chips), "embed_ms_per_face_without": without,
+            "embed_ms_per_face_with": with_flip}
+
+
 def _gpu_figures(pipeline: FacePipeline, images: Sequence[BenchImage], repeat: int) -> dict[str, float]:
     """Embedding throughput on large batches of real chips, and one-face 640x480 end-to-end latency."""
     device = pipeline.device
     chips = [face.chip for image in images for face in pipeline.detect_only([image.data])[0]]
     if not chips:
         raise RuntimeError("no faces in the bench images: cannot measure embedding throughput")
-    from childface.vision.embedders import load_embedder
-
     batch = 512
     # the same model with a large forward batch (the pipeline's batch_size is sized for latency)
     embedder = load_embedder(pipeline.settings.model_copy(update={"batch_size": batch}))
@@ -327,17 +392,29 @@ def format_report(report: dict[str, object]) -> str:
             f"p50 {dlib['p50_ms']:.1f} ms, p95 {dlib['p95_ms']:.1f} ms per image"  # type: ignore[index]
         )
         cosine = report["mean_cosine_vs_dlib"]
+        cosine_text = "-" if cosine is None else f"{cosine:.4f}"
         lines.append(
-            f"speedup vs dlib: {report['speedup_vs_dlib']:.1f}x per image; mean cosine to dlib's descriptor "
-            f"{'-' if cosine is None else f'{cosine:.4f}'} over {report['matched_faces']} matched faces"
+            f"speedup vs dlib: {report['speedup_vs_dlib']:.1f}x per image without flip TTA (the same "
+            f"descriptor), {report['speedup_vs_dlib_with_flip']:.1f}x with it; mean cosine to dlib's "
+            f"descriptor {cosine_text} over {report['matched_faces']} matched faces"
         )
+    flip = report["flip"]
+    line = (
+        f"flip TTA ({'on' if flip['configured'] else 'off'} here): {flip['ms_per_face_with']:.1f} ms a face "
+        f"with, {flip['ms_per_face_without']:.1f} ms without, end to end"
+    )
+    if "embed_ms_per_face_with" in flip:
+        line += (f"; embedder alone {flip['embed_ms_per_face_with']:.2f} vs "
+                 f"{flip['embed_ms_per_face_without']:.2f} ms a face")
+    lines.append(line)
     for row in report["images"]:  # type: ignore[union-attr]
-        line = f"  {row['image']}: ours {row['ours_faces']} faces, p50 {row['ours_p50_ms']:.1f} ms"
+        line = (f"  {row['image']}: ours {row['ours_faces']} faces, p50 {row['flip_p50_ms']:.1f} ms with "
+                f"flip, {row['no_flip_p50_ms']:.1f} ms without")
         if "dlib_faces" in row:
-            cosine = row["mean_cosine_vs_dlib"]
+            cosine = "-" if row["mean_cosine_vs_dlib"] is None else f"{row['mean_cosine_vs_dlib']:.4f}"
             line += (
-                f" | dlib {row['dlib_faces']} faces, p50 {row['dlib_p50_ms']:.1f} ms"
-                f" | {row['speedup_vs_dlib']:.1f}x | cosine {'-' if cosine is None else f'{cosine:.4f}'}"
+                f" | dlib {row['dlib_faces']} faces, p50 {row['dlib_p50_ms']:.1f} ms | "
+                f"{row['speedup_vs_dlib']:.1f}x without flip | cosine {cosine}"
             )
         lines.append(line)
     if "gpu" in report:

@@ -313,6 +313,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         if problem is not None:
             problems.append(problem)
         else:
+            from childface.services.embedding_models import doctor_report
             from childface.services.media import MediaStore
             from childface.services.recovery import recover
 
@@ -320,6 +321,14 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
             store = MediaStore(settings.media_dir)
             leftovers = recover(settings=settings, db=database, media=store, apply=False)
             report["recovery"] = leftovers.summary()
+            # which embedding model is served, and how to move to the configured one when it is not
+            report["embedding_model"] = doctor_report(database, settings)
+            from childface.services.integrity import doctor_check
+
+            # the server's start-up check: embedding checksums, photo files that are missing
+            report["integrity"] = doctor_check(database, store)
+            if report["integrity"] != "ok":
+                problems.append(f"integrity: {report['integrity']}")
     except DatabaseError as exc:
         report["database"] = {"reachable": False, "error": str(exc)}
         problems.append(str(exc))
@@ -521,40 +530,67 @@ def evaluate_dataset(
     dataset_dir: Annotated[
         Path, typer.Argument(metavar="DATASET_DIR", help="One sub-folder of photos per person.")
     ],
-    enroll: Annotated[int, typer.Option("--enroll", min=1, help="Photos enrolled per person.")] = 1,
+    enroll: Annotated[str, typer.Option(
+        "--enroll", help="Photos enrolled per person, or a comma list (1,2,3,5): each size is reported, "
+        "the first gives the headline figures.")] = "1,2,3,5",
+    strangers: Annotated[float, typer.Option(
+        "--strangers", help="Share of the people left out of the gallery, as strangers (0 for none).")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Which people are drawn as strangers.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write genuine/impostor histograms and the ROC (PNG).")
     ] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Evaluate this registered embedding model (its key; see `childface models`) "
+        "with its own thresholds, e.g. before `switch-model`. Default: the configured embedder.")] = None,
 ) -> None:
     """Identification and verification accuracy of the real pipeline and search on a labelled folder."""
-    from childface.services.evaluation import EvaluationError, evaluate, plot_png
+    from childface.services.evaluation import EvaluationError, evaluate, plot_png, report_lines
     from childface.vision.pipeline import FacePipeline
 
+    sizes = _whole_numbers(enroll, "--enroll")
     settings = use_threads(get_settings())
+    if model is not None:
+        settings = _model_settings(settings, model)
     try:
         pipeline = FacePipeline.from_settings(settings)
-        report = evaluate(dataset_dir, settings=settings, pipeline=pipeline, enroll=enroll)
+        report = evaluate(
+            dataset_dir, settings=settings, pipeline=pipeline, enroll=sizes, strangers=strangers, seed=seed
+        )
     except EvaluationError as exc:
         fail(str(exc))
     genuine, impostor = report.pop("_scores")
     if plot is not None:
         thresholds = {"accept": settings.accept_threshold, "review": settings.review_threshold}
         plot.write_bytes(plot_png(genuine, impostor, title=f"{dataset_dir.name}", thresholds=thresholds))
-    open_set = report["open_set"]
-    _print_report(report, as_json, [
-        f"{report['identities']} people, {report['photos']} photos, "
-        f"{report['detection_failures']} without a face; "
-        f"{report['enrolled_templates']} enrolled, {report['probes']} probes ({report['model_id']})",
-        f"rank-1: {report['rank1']:.4f} (child score {report['child_score']}; "
-        + ", ".join(f"{k}: {v['rank1']:.4f}" for k, v in report["by_child_score"].items()) + ")",
-        f"at accept {settings.accept_threshold} / review {settings.review_threshold} / margin "
-        f"{settings.match_margin}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in open_set.items()),
-        f"verification over {report['genuine_pairs']} genuine / {report['impostor_pairs']} impostor pairs: "
-        f"TAR {report['tar_at_far_1e-2']:.4f} at FAR 1e-2 (threshold {report['threshold_at_far_1e-2']:.4f}), "
-        f"{report['tar_at_far_1e-3']:.4f} at FAR 1e-3 (threshold {report['threshold_at_far_1e-3']:.4f}), "
-        f"EER {report['eer']:.4f} at {report['eer_threshold']}",
-    ] + ([f"plot: {plot}"] if plot else []))
+    _print_report(report, as_json, report_lines(report) + ([f"plot: {plot}"] if plot else []))
+
+
+def _whole_numbers(text: str, option: str) -> list[int]:
+    """Parse "1,2,3,5" into [1, 2, 3, 5], or exit with a message."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        fail(f"{option} takes whole numbers separated by commas, e.g. 1,2,3,5 (not {text!r})")
+    if min(values) < 1:
+        fail(f"{option} values must be at least 1")
+    return values
+
+
+def _model_settings(settings: Settings, key: str) -> Settings:
+    """`settings` with a registered model's embedder (from its spec) and thresholds, or exit."""
+    from childface.services import embedding_models
+    from childface.services.errors import NotFound
+
+    with migrated_database(settings).session() as session:
+        try:
+            spec = embedding_models.model_row(session, key).spec
+        except NotFound as exc:
+            fail(exc.message)
+    if spec is None:
+        fail(f"model {key} has no loading spec: it was registered before specs were recorded")
+    thresholds = embedding_models.model_thresholds(spec)
+    return embedding_models.settings_for_spec(settings, spec).model_copy(update=thresholds)
 
 
 @app.command()
@@ -562,6 +598,10 @@ def calibrate(
     target_far: Annotated[
         float, typer.Option("--target-far", help="False-accept rate the accept threshold should give.")
     ] = 1e-3,
+    target_wrong_match: Annotated[float | None, typer.Option(
+        "--target-wrong-match", help="Choose the accept threshold so at most this share of impostor probes "
+        "(a template searched with its child left out) ends in a match at the current margin; the review "
+        "threshold stays. Reports what it costs genuine probes in review and unknown.")] = None,
     apply: Annotated[
         bool, typer.Option("--apply", help="Write the proposed thresholds into ./.env.")
     ] = False,
@@ -572,6 +612,9 @@ def calibrate(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write genuine/impostor histograms and the ROC (PNG).")
     ] = None,
+    apply_to_model: Annotated[bool, typer.Option(
+        "--apply-to-model", help="Store the proposed thresholds with the model (audited): they apply while "
+        "it is the current model, in every server, without a restart.")] = False,
 ) -> None:
     """Propose accept/review thresholds from the enrolled gallery; changes nothing unless --apply."""
     from childface.services import evaluation
@@ -579,7 +622,9 @@ def calibrate(
     settings = use_threads(get_settings())
     database = migrated_database(settings)
     try:
-        report = evaluation.calibrate(database, settings, target_far=target_far, model_key=model)
+        report = evaluation.calibrate(
+            database, settings, target_far=target_far, target_wrong_match=target_wrong_match, model_key=model
+        )
     except evaluation.EvaluationError as exc:
         fail(str(exc))
     genuine, impostor = report.pop("_scores")
@@ -592,17 +637,22 @@ def calibrate(
         f"{report['children']} children, {report['templates']} templates ({report['model_id']}): "
         f"{report['genuine_pairs']} genuine / {report['impostor_pairs']} impostor pairs, "
         f"EER {report['eer']:.4f}",
-        f"proposed accept {proposed['accept']} (FAR {target_far:g}, TAR {proposed['tar_at_accept']:.4f}), "
-        f"review {proposed['review']} (FAR {proposed['review_far']:g}, TAR {proposed['tar_at_review']:.4f}); "
-        f"current accept {settings.accept_threshold}, review {settings.review_threshold}",
+        *evaluation.proposal_lines(report),
         *report["notes"],
     ])
+    if apply_to_model:
+        from childface.db import Actor
+        from childface.services.embedding_models import set_thresholds
+
+        set_thresholds(database, Actor("system", "cli"), report["model_id"], accept=proposed["accept"],
+                       review=proposed["review"])
+        typer.echo(f"stored these thresholds with model {report['model_id']}", err=True)
     if apply:
         env_file = Path(".env")
         evaluation.write_env_thresholds(env_file, accept=proposed["accept"], review=proposed["review"])
         names = "CHILDFACE_ACCEPT_THRESHOLD and CHILDFACE_REVIEW_THRESHOLD"
         typer.echo(f"wrote {names} to {env_file.resolve()}", err=True)
-    else:
+    elif not apply_to_model:
         typer.echo("nothing changed (use --apply to write these thresholds to ./.env)", err=True)
 
 
@@ -644,6 +694,10 @@ def _print_plan(summary: dict, *, limit: int = 50) -> None:
         console.print(table)
         if len(problems) > limit:
             console.print(f"... and {len(problems) - limit} more (see the report CSV)")
+    for r in summary.get("relations", []):
+        words = {"add": "will be marked", "exists": "already marked", "refused": "refused"}[r["action"]]
+        console.print(f"{r['kind']}s {r['child_id']} and {r['other_id']}: {words}"
+                      + (f" ({r['reason']})" if r["reason"] else ""))
 
 
 @app.command("import")
@@ -718,6 +772,7 @@ def import_csv(
                 max_pixels=settings.max_image_pixels, batch_size=batch_size, report_path=report,
                 progress=progress, after_commit=runtime.catch_up, plan=plan,
                 consistency=ConsistencyCheck.for_runtime(runtime), strict=strict,
+                local_zone=settings.attendance_timezone,
             )
         except DomainError as exc:  # another import is running (import_running), ...
             fail(exc.message)
@@ -754,13 +809,19 @@ def _sample_detector(device: str | None = None):  # noqa: ANN201
 @app.command("example-dataset")
 def example_dataset(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Folder to write the example set into.")],
+    eval_photos: Annotated[int, typer.Option(
+        "--eval-photos", min=0, help="Also write OUT_DIR/people/: this many varied photos of each sample "
+        "person, one sub-folder each, for `childface eval` (0: none).")] = 0,
 ) -> None:
     """Build a small example import set (CSV + photos + zip) from photos installed packages ship."""
     from childface.services.errors import DomainError
-    from childface.services.sample_data import build_example_dataset
+    from childface.services.sample_data import build_example_dataset, build_people_folder
 
+    detector = _sample_detector()
     try:
-        built = build_example_dataset(out_dir, _sample_detector())
+        built = build_example_dataset(out_dir, detector)
+        people = build_people_folder(out_dir / "people", detector, photos_per_person=eval_photos) \
+            if eval_photos else None
     except DomainError as exc:
         fail(exc.message)
     except OSError as exc:
@@ -768,6 +829,8 @@ def example_dataset(
     typer.echo(f"wrote {built.rows} rows for {built.children} children: {built.csv_path}")
     typer.echo(f"photos: {built.images_dir} (and the same in {built.zip_path})")
     typer.echo(f"try:  childface import {built.csv_path} --images {built.images_dir} --dry-run")
+    if people is not None:
+        typer.echo(f"labelled folder: {people} ({eval_photos} photos each); try:  childface eval {people}")
 
 
 def _admin_command(settings: Settings, host: str, port: int) -> tuple[list[str], dict[str, str]]:
@@ -958,4 +1021,4 @@ def serve(
 
 
 # command groups in their own modules register on `app` when imported
-from childface.cli import bench, maintenance, watch  # noqa: E402, F401
+from childface.cli import backup, bench, maintenance, models, retention, watch  # noqa: E402, F401

@@ -284,3 +284,35 @@ def bench_scale(
     for key, value in report.items():
         if key != "sizes":
             typer.echo(f"{key}: {value}")
+
+
+@bench_app.command("backup")
+def bench_backup(
+    faces: Annotated[int, typer.Option("--faces", min=10, help="Faces (and photos) to back up.")] = 10_000,
+    postgres: Annotated[
+        str | None,
+        typer.Option(
+            "--postgres",
+            help="URL of a PostgreSQL server where two throw-away databases may be made (default: SQLite).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON on stdout (progress on stderr).")
+    ] = False,
+) -> None:
+    """Backup, check and restore of an N-face deployment (N distinct ~30 KB photos): seconds and bytes."""
+    from childface.bench.backup import run_backup_benchmark
+    from childface.services.backup_archive import BackupError
+
+    def say(message: str) -> None:
+        typer.echo(f"[bench backup] {message}", err=True)
+
+    try:
+        report = run_backup_benchmark(bench_settings("cpu"), faces=faces, postgres=postgres, say=say)
+    except (BackupError, RuntimeError, OSError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for key, value in report.items():
+        typer.echo(f"{key}: {value}")

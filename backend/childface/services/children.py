@@ -15,7 +15,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from childface.db.models import Child, ChildStatus, Face, ReviewState
+from childface.db.models import Child, ChildStatus, Face, ReviewState, utcnow
 from childface.db.session import Actor, Database
 from childface.services.errors import Conflict, InvalidInput, NotFound
 from childface.services.text_input import clean_field
@@ -53,6 +53,8 @@ def snapshot(child: Child) -> dict[str, Any]:
         "status": child.status.value if child.status else ChildStatus.active.value,
         "notes": child.notes,
         "merged_into_id": child.merged_into_id,
+        # an undo that archives the child again restores this time (retention counts from it)
+        "archived_at": child.archived_at.isoformat() if child.archived_at else None,
     }
 
 
@@ -247,6 +249,8 @@ def set_child_status(*, db: Database, actor: Actor, child_id: int, status: Child
             )
         before = snapshot(child)
         child.status = status
+        # retention erases children archived for `retention_archived_days`, counted from here
+        child.archived_at = utcnow() if status == ChildStatus.archived else None
         uow.session.flush()
         uow.audit(
             "child.archived" if status == ChildStatus.archived else "child.unarchived",

@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from childface.db.models import Embedding, Face
 from childface.db.session import Database
-from childface.services.gallery import indexable_query
+from childface.services.gallery import checksums_hold, indexable_query
 
 if TYPE_CHECKING:
     from childface.services.recognition import ChildSearch
@@ -110,9 +110,15 @@ class ConsistencyCheck:
         """
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         with self.db.session() as session:
-            templates = indexable_query(self.model_db_id).where(Face.child_id == child_id)
-            own = [] if child_id is None else [
-                np.frombuffer(blob, dtype="<f4") for _, _, blob in session.execute(templates)
+            templates = indexable_query(self.model_db_id).add_columns(Embedding.checksum)
+            templates = templates.where(Face.child_id == child_id)
+            rows = [] if child_id is None else session.execute(templates).all()
+            # like the index: a template whose stored vector is damaged does not count
+            intact = checksums_hold(self.model_db_id, [r[2] for r in rows], [r[3] for r in rows])
+            own = [
+                np.frombuffer(row[2], dtype="<f4")
+                for row, ok in zip(rows, intact, strict=True)
+                if ok and len(row[2]) == query.nbytes
             ]
             own += [np.asarray(v, dtype=np.float32).reshape(-1) for v in also_own]
             if not own:

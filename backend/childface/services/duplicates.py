@@ -13,7 +13,9 @@ recognition (the summation order of the matrix product can move the sixth
 decimal). The default threshold is the review threshold: pairs that
 recognition itself could not tell apart with confidence. Staff then merge
 (`POST /children/{id}/merge`), or dismiss the pair as two different children
-(`services.dismissals`: a dismissed pair is never reported again).
+(`services.dismissals`: a dismissed pair is never reported again). Children
+marked as siblings or twins (`services.relations`) look alike for a reason: such
+a pair is never reported either.
 
 Suspect face. When one face alone makes a pair — of a child with several
 templates, exactly that one scores at least `threshold` against the other
@@ -43,6 +45,7 @@ from childface.config import Settings
 from childface.db.models import Child, ChildStatus, Embedding, Face, ReviewState
 from childface.db.session import Database
 from childface.services.dismissals import dismissed_pairs
+from childface.services.relations import related_pairs
 
 #: similarities computed per block (rows x all templates), float32: 32 MB
 _BLOCK_SIMILARITIES = 8_000_000
@@ -86,7 +89,7 @@ def find_duplicates(
     threshold = settings.review_threshold if threshold is None else threshold
     face_ids, child_ids, vectors = _templates(db, model_db_id)
     with db.session() as session:
-        dismissed = dismissed_pairs(session)
+        dismissed = dismissed_pairs(session) | related_pairs(session)  # siblings and twins are no duplicates
     # at most len(dismissed) of the best pairs are left out: asking for that many more keeps `limit`
     ranked = duplicate_pairs(
         face_ids, child_ids, vectors, threshold=threshold, limit=limit + len(dismissed),
@@ -161,6 +164,7 @@ def _templates(db: Database, model_db_id: int) -> tuple[np.ndarray, np.ndarray, 
         .where(
             Embedding.model_id == model_db_id,
             Face.review_state == ReviewState.enrolled,
+            Face.retired_at.is_(None),  # the indexability rule (services/gallery.py)
             Child.status == ChildStatus.active,
         )
     )

@@ -31,12 +31,15 @@ not enrolled and leave no biometric data behind.
 
 Reusable pieces (the CSV import uses the same rules): `select_face`,
 `store_photo` (content-addressed file), `persist_face` (photo row + face +
-embedding inside a caller's unit of work).
+embedding inside a caller's unit of work), `photo_taken` (when the photo was
+taken: its EXIF date when plausible, else the upload time; `vision/exif.py`),
+stored with every new photo row as `images.taken_at` / `taken_at_source`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,6 +59,7 @@ from childface.services.media import MediaStore
 if TYPE_CHECKING:
     from childface.config import Settings
     from childface.services.runtime import Runtime
+    from childface.vision.exif import PhotoDate
     from childface.vision.pipeline import DetectedFace
 
 #: a hint box selects the detected face it overlaps most, if at least this much (IoU)
@@ -79,6 +83,7 @@ class Photo:
     sha256: str | None = None
     pixels: int | None = None  # width * height from the header (`read_headers`)
     error: tuple[str, str] | None = None  # (code, message) when it cannot be decoded
+    taken: PhotoDate | None = None  # when it was taken (`photo_taken`); read once, before any write lock
 
 
 @dataclass
@@ -244,6 +249,7 @@ def persist_face(
     mask: bool | None = None,
     arousal: float | None = None,
     valence: float | None = None,
+    taken: PhotoDate | None = None,
 ) -> Face:
     """Add one face (and its embedding) of a photo inside the caller's transaction.
 
@@ -255,6 +261,7 @@ def persist_face(
     is reused when the same bytes are already stored (a group photo can enroll
     several children); a concurrent first insert of the same photo loses on the
     unique sha256 inside a savepoint and then sees the winner's row.
+    `taken`: when a new photo row's picture was taken (`photo_taken`); None: now, as "upload".
     Returns the flushed Face (it has an id).
     """
     image = _locked_image(session, sha256)
@@ -262,7 +269,7 @@ def persist_face(
         try:
             with session.begin_nested():
                 session.add(Image(sha256=sha256, path=path, width=width, height=height, source=source,
-                                  uploaded_by=uploaded_by))
+                                  uploaded_by=uploaded_by, **taken_columns(taken)))
         except IntegrityError:
             pass  # another writer committed this photo first: use its row
         image = _locked_image(session, sha256)
@@ -293,6 +300,23 @@ def persist_face(
     session.add(Embedding.of(face_id=row.id, model_id=model_db_id, vector=vector.tobytes()))
     session.flush()
     return row
+
+
+def photo_taken(photo: Photo, settings: Settings) -> PhotoDate:
+    """When the photo was taken (EXIF DateTimeOriginal when plausible, else now as "upload"), read from
+    its header once and kept on the photo: callers read it before they take a write lock."""
+    if photo.taken is None:
+        from childface.vision.exif import photo_date
+
+        photo.taken = photo_date(photo.data, local_zone=settings.attendance_timezone)
+    return photo.taken
+
+
+def taken_columns(taken: PhotoDate | None) -> dict[str, Any]:
+    """The `images` columns `taken_at` and `taken_at_source` for a new photo row."""
+    if taken is None:
+        return {"taken_at": datetime.now(UTC), "taken_at_source": "upload"}
+    return {"taken_at": taken.at, "taken_at_source": taken.source}
 
 
 def _locked_image(session: Session, sha256: str) -> Image | None:
@@ -441,6 +465,7 @@ def _enroll_one(
         )
     media = runtime.media
     _, relative = media.locate(photo.data)
+    photo_taken(photo, runtime.settings)  # the EXIF date is read here, not under the write lock
     # the file is announced before it is written and settled after the commit: a crash strands nothing
     with media.hold(photo.sha256), pending_writes(runtime.db, media, [(photo.sha256, relative)]):
         store_photo(media, photo.data)
@@ -539,6 +564,7 @@ def _store_face(
             mask=mask,
             arousal=arousal,
             valence=valence,
+            taken=photo.taken,
         )
         _audit_enrolled(uow, face, source, confirmed)
     return face

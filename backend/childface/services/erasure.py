@@ -3,9 +3,12 @@
 One unit of work with one audit event (`child.erased`) removes, for the child
 and every child merged into it (followed through chains of merges):
 
-- the child rows; their faces, embeddings and review items; every photo on
-  which no other face remains (the file is journaled and swept after the
-  commit, so a crash cannot strand it);
+- the child rows; their faces, embeddings and review items; their removed
+  faces kept for undo (`removed_faces`: erasure cannot be undone, so neither
+  can those removals), and removed review faces whose kept review items
+  propose them; every photo on which no other face or kept removed face
+  remains (the file is journaled and swept after the commit, so a crash
+  cannot strand it);
 - faces waiting for review that propose one of these children (`child_id`
   still empty, open item naming the child): such a face is most likely the
   child's, so it goes with its photo like the child's own faces. Review items
@@ -55,12 +58,12 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Text, and_, cast, delete, exists, or_, select, update
+from sqlalchemy import Text, and_, cast, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from childface.db.models import (
@@ -71,14 +74,16 @@ from childface.db.models import (
     Image,
     ImportRun,
     ImportStatus,
+    RemovedFace,
     ReviewItem,
     ReviewStatus,
 )
 from childface.db.session import Actor, Database
 from childface.services.children import get_child_row
 from childface.services.errors import Conflict, InvalidInput
-from childface.services.file_journal import journal_deletions, sweep
+from childface.services.file_journal import sweep
 from childface.services.media import MediaStore, atomic_write
+from childface.services.removed_faces import delete_photos, unused_photos
 from childface.services.sightings import erase_sightings
 from childface.services.text_input import normalise
 
@@ -102,6 +107,7 @@ _TOUCHED_TABLES = (
     "embeddings",
     "images",
     "review_items",
+    "removed_faces",
     "audit_events",
     "import_runs",
     "file_deletions",
@@ -121,9 +127,19 @@ class ErasureReport:
 
 
 def erase_child(
-    *, db: Database, media: MediaStore, actor: Actor, child_id: int, confirm: str
+    *,
+    db: Database,
+    media: MediaStore,
+    actor: Actor,
+    child_id: int,
+    confirm: str,
+    still_due: Callable[[Child], bool] | None = None,
 ) -> ErasureReport:
-    """Irreversibly erase a child and the children merged into it; see the module docstring."""
+    """Irreversibly erase a child and the children merged into it; see the module docstring.
+
+    `still_due` (retention) is asked about the locked child row inside the erasure's transaction:
+    False refuses (Conflict `not_due`), so a child restored since the caller decided is never erased.
+    """
     if confirm != ERASE_CONFIRMATION:
         raise InvalidInput(
             f"erasure is irreversible: send confirm={ERASE_CONFIRMATION!r} to proceed",
@@ -132,6 +148,8 @@ def erase_child(
     with db.unit_of_work(actor) as uow:
         session = uow.session
         children = _children_to_erase(session, child_id)
+        if still_due is not None and not still_due(children[0]):
+            raise Conflict(f"child {child_id} is no longer due for erasure", code="not_due")
         running = session.scalar(select(ImportRun.id).where(ImportRun.status == ImportStatus.running))
         if running is not None:
             # a running import holds the child in memory and writes its report at the end: it would
@@ -144,10 +162,12 @@ def erase_child(
         child_ids = [c.id for c in children]
         identity = _Identity.of(session, children)
         own_faces = list(session.scalars(select(Face.id).where(Face.child_id.in_(child_ids))))
-        face_ids = sorted(set(own_faces) | set(_review_faces_proposing(session, set(child_ids))))
+        removed = _removed_faces_of(session, set(child_ids))
+        proposing = _review_faces_proposing(session, set(child_ids))
+        face_ids = sorted(set(own_faces) | set(proposing) | {r.face_id for r in removed})
         # before the faces go (their sightings are found by face): rows stay as counts, crops go
         _, crop_shas = erase_sightings(session, child_ids, face_ids)
-        orphaned = _delete_faces(session, face_ids)
+        orphaned = _delete_faces(session, face_ids, removed)
         _redact_history(session, child_ids, identity, [sha for _, sha, _ in orphaned])
         _scrub_import_runs(session, identity)
         # merge pointers among the erased rows first: one statement then deletes them all
@@ -276,14 +296,40 @@ def _review_faces_proposing(session: Session, child_ids: set[int]) -> list[int]:
     return doomed
 
 
-def _delete_faces(session: Session, face_ids: list[int]) -> list[tuple[int, str, str]]:
-    """Delete faces with their embeddings and review items, and each photo left without a face.
+def _removed_faces_of(session: Session, child_ids: set[int]) -> list[RemovedFace]:
+    """Removed faces kept for undo that go with these children: theirs, and removed review faces (no
+    child) whose kept review items propose one of them (most likely theirs, like a pending review face)."""
+    rows = list(session.scalars(
+        select(RemovedFace).where(RemovedFace.child_id.in_(child_ids)).order_by(RemovedFace.face_id).with_for_update()
+    ))
+    # a superset in SQL (the id's digits in the JSON text), decided exactly below
+    mentions = or_(*(cast(RemovedFace.payload, Text).contains(str(c)) for c in child_ids))
+    for row in session.scalars(
+        select(RemovedFace).where(RemovedFace.child_id.is_(None), mentions).order_by(RemovedFace.face_id)
+        .with_for_update()
+    ):
+        proposed = {
+            int(c.get("child_id", -1))
+            for item in row.payload.get("review_items") or ()
+            for c in item.get("candidates") or ()
+        }
+        if proposed & child_ids:
+            rows.append(row)
+    return rows
+
+
+def _delete_faces(
+    session: Session, face_ids: list[int], removed: list[RemovedFace]
+) -> list[tuple[int, str, str]]:
+    """Delete faces with their embeddings and review items, these removed faces, and each photo left
+    without a face or a kept removed face.
 
     Returns the deleted photos as (id, sha256, path); their files are journaled for deletion.
     """
     if not face_ids:
         return []
     image_ids = set(session.scalars(select(Face.image_id).where(Face.id.in_(face_ids))))
+    image_ids |= {r.image_id for r in removed}
     # lock the photos first (in id order, like every writer of faces): a face another writer is
     # adding to one of them right now is then either committed and seen below, or waits and finds
     # the photo row gone; without the lock a stale "no face left" would cascade its new face away
@@ -291,18 +337,11 @@ def _delete_faces(session: Session, face_ids: list[int]) -> list[tuple[int, str,
     session.execute(delete(ReviewItem).where(ReviewItem.face_id.in_(face_ids)))
     session.execute(delete(Embedding).where(Embedding.face_id.in_(face_ids)))
     session.execute(delete(Face).where(Face.id.in_(face_ids)))
-    # a photo goes when no other face (another child's, or a pending review) remains on it
-    orphaned = [
-        (row.id, row.sha256, row.path)
-        for row in session.execute(
-            select(Image.id, Image.sha256, Image.path).where(
-                Image.id.in_(image_ids), ~exists().where(Face.image_id == Image.id)
-            )
-        )
-    ]
-    if orphaned:
-        session.execute(delete(Image).where(Image.id.in_([image_id for image_id, _, _ in orphaned])))
-        journal_deletions(session, [(sha, path) for _, sha, path in orphaned])
+    if removed:
+        session.execute(delete(RemovedFace).where(RemovedFace.face_id.in_([r.face_id for r in removed])))
+    # a photo goes when no other face (another child's, a pending review, a kept removed one) remains on it
+    orphaned = unused_photos(session, image_ids)
+    delete_photos(session, orphaned)
     return orphaned
 
 

@@ -1,4 +1,5 @@
-"""A child's faces: list, thumbnail, remove, reassign to another child, mark rejected.
+"""A child's faces: list, thumbnail, remove (kept for undo: `services.removed_faces`), reassign to
+another child, mark rejected.
 
 Every change lists the face in the audit event's `face_ids`, so the gallery's
 `catch_up` adds it to, or drops it from, the index.
@@ -7,17 +8,25 @@ Every change lists the face in the audit event's `face_ids`, so the gallery's
 from __future__ import annotations
 
 import mimetypes
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
 
-from childface.db.models import ChildStatus, Embedding, Face, Image, ReviewItem, ReviewState
+from childface.db.models import ChildStatus, Face, Image, ReviewState
 from childface.db.session import Actor, Database
 from childface.services.children import get_child_row
 from childface.services.errors import Conflict, InvalidImage, NotFound
-from childface.services.file_journal import journal_deletions, sweep
+from childface.services.file_journal import sweep
 from childface.services.media import MediaStore, face_thumbnail, image_extension
+from childface.services.removed_faces import (
+    DEFAULT_KEEP_DAYS,
+    delete_face_rows,
+    delete_photos,
+    stash_face,
+    unused_photos,
+)
 
 
 def face_snapshot(face: Face) -> dict[str, Any]:
@@ -44,15 +53,20 @@ def list_faces(*, db: Database, child_id: int, state: ReviewState | None = None)
     """A child's faces, oldest first (enrolled and rejected unless `state` narrows it)."""
     with db.session() as session:
         get_child_row(session, child_id)
+        # with the photo rows: the API says when each photo was taken
         query = select(Face).where(Face.child_id == child_id).order_by(Face.id)
+        query = query.options(selectinload(Face.image))
         if state is not None:
             query = query.where(Face.review_state == state)
         return list(session.scalars(query))
 
 
 def get_face(*, db: Database, face_id: int) -> Face:
+    """The face, with its photo row loaded."""
     with db.session() as session:
-        return _face_row(session, face_id)
+        face = _face_row(session, face_id)
+        face.image  # noqa: B018 - loaded while the session is open
+        return face
 
 
 def thumbnail(*, db: Database, media: MediaStore, face_id: int, max_pixels: int) -> bytes:
@@ -87,31 +101,39 @@ def original_photo(*, db: Database, media: MediaStore, face_id: int) -> tuple[by
     return data, media_type
 
 
-def remove_face(*, db: Database, media: MediaStore, actor: Actor, face_id: int) -> Face:
-    """Delete a face and its embeddings; its photo goes too when no other face remains on it."""
+def remove_face(
+    *, db: Database, media: MediaStore, actor: Actor, face_id: int, keep_days: int = DEFAULT_KEEP_DAYS
+) -> Face:
+    """Remove a face: its row, embeddings and review items go, so it leaves every query at once.
+
+    With `keep_days` > 0 (`removed_faces_keep_days`) they are kept in `removed_faces`, with the photo,
+    so the removal can be undone for that long (`services.undo`); the event's `after.kept_until`
+    says until when. With 0 they are deleted for good, and the photo too when nothing else uses it.
+    """
+    removed_at = datetime.now(UTC)
     with db.unit_of_work(actor) as uow:
         session = uow.session
         face = _face_row(session, face_id, lock=True)
         before = face_snapshot(face)
-        image = session.get(Image, face.image_id)
-        session.execute(delete(ReviewItem).where(ReviewItem.face_id == face_id))
-        session.execute(delete(Embedding).where(Embedding.face_id == face_id))
-        session.execute(delete(Face).where(Face.id == face_id))
-        image_gone = not session.scalar(select(exists().where(Face.image_id == image.id)))
-        if image_gone:
-            session.execute(delete(Image).where(Image.id == image.id))
-            journal_deletions(session, [(image.sha256, image.path)])
-        uow.audit(
+        photos: list[tuple[int, str, str]] = []
+        if keep_days == 0:
+            delete_face_rows(session, face_id)
+            photos = unused_photos(session, [face.image_id])
+            delete_photos(session, photos)
+        kept_until = removed_at + timedelta(days=keep_days) if keep_days else None
+        event = uow.audit(
             "face.removed",
             target_type="face",
             target_id=face_id,
             child_id=face.child_id,
             before=before,
-            after={"image_deleted": image_gone},
+            after={"image_deleted": bool(photos), "kept_until": kept_until and kept_until.isoformat()},
             face_ids=[face_id],
         )
-    if image_gone:
-        sweep(db=db, media=media, shas=[image.sha256])
+        if keep_days:
+            stash_face(session, face, seq=event.seq, removed_at=removed_at)
+    if photos:
+        sweep(db=db, media=media, shas=[sha for _, sha, _ in photos])
     return face
 
 

@@ -4,8 +4,13 @@ The relational DB is the truth (DESIGN.md invariant 1); the index is derived
 from it and this module is its only writer. A face is *indexable* — present in
 the index under its face id — exactly when
 
-    review_state == enrolled, child_id is set, that child's status is active,
-    and the face has an embedding of this gallery's model.
+    review_state == enrolled, retired_at is null (the template policy has not
+    retired it: services/templates.py), child_id is set, that child's status is
+    active, and the face has an embedding of this gallery's model.
+
+An embedding that is damaged (its checksum fails, or it is not a unit vector of
+the model's dimension) is left out and logged: a corrupt vector is never
+searched (`childface verify --repair`, services/integrity.py).
 
 Change feed
 -----------
@@ -57,11 +62,14 @@ old snapshot stays valid and start-up replays the rest.
 
 Searches are child-level (`ChildCandidate`): candidate children come from the
 face index, then each is scored exactly over all of its templates with the
-configured aggregation (`max`, or `mean2`: mean of the best two).
+configured aggregation (`max`, or `mean2`: mean of the best two), optionally
+with each template weighted by how recent its photo is (`ChildIndex`,
+`template_recency_half_life_days`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import threading
@@ -69,7 +77,7 @@ import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy import Select, and_, func, or_, select, text
@@ -84,7 +92,9 @@ from childface.db.models import (
     Embedding,
     EmbeddingModel,
     Face,
+    Image,
     ReviewState,
+    UtcDateTime,
 )
 from childface.db.session import Database
 from childface.index import (
@@ -128,20 +138,27 @@ REBUILD_QUIESCE_S = 10.0
 # ---- embedding models ------------------------------------------------------
 
 
-def ensure_embedding_model(db: Database, *, key: str, name: str, weights_sha256: str, dim: int) -> int:
+def ensure_embedding_model(
+    db: Database, *, key: str, name: str, weights_sha256: str, dim: int, spec: dict[str, Any] | None = None
+) -> int:
     """The `embedding_models` row id for this model key, created on first use.
 
-    Idempotent and safe under concurrent callers: a racing insert loses on the
-    unique key and reads the winner's row.
+    `spec` (how to load the embedder, services/embedding_models.py) is recorded on a
+    row that has none yet. Idempotent and safe under concurrent callers: a racing
+    insert loses on the unique key and reads the winner's row.
     """
     for _ in range(2):
         try:
             with db.transaction() as session:
                 row = session.scalar(select(EmbeddingModel).where(EmbeddingModel.key == key))
                 if row is None:
-                    row = EmbeddingModel(key=key, name=name, weights_sha256=weights_sha256, dim=dim)
+                    row = EmbeddingModel(
+                        key=key, name=name, weights_sha256=weights_sha256, dim=dim, spec=spec
+                    )
                     session.add(row)
                     session.flush()
+                elif row.spec is None and spec is not None:
+                    row.spec = spec
                 if row.dim != dim:
                     raise ValueError(f"embedding model {key!r} is registered with dim {row.dim}, not {dim}")
                 return row.id
@@ -210,11 +227,29 @@ class ChildIndex:
 
     Not thread-safe by itself; `Gallery` guards it. Evaluation uses it directly
     as an in-memory gallery.
+
+    `recency_half_life_days` (Settings.template_recency_half_life_days; None: off)
+    weighs each template by how recent its photo is, relative to the child's
+    newest template: with w = 0.5 ** (days older than the newest / half-life), a
+    template's similarity s counts as w*s + (1-w)*s_newest (s_newest: the probe's
+    similarity to the child's newest template), before `max` / `mean2`. A blend
+    of two cosines stays a cosine between the child's worst and best template
+    similarities (with `max`: never above the plain score), and equals the plain
+    score when all templates are of one age, so the thresholds keep their
+    meaning. The photo days live in a second `SlotTable` (`set_taken`, face id
+    -> day); a face without one weighs 1.
     """
 
-    def __init__(self, index: VectorIndex, child_score: ChildScore = "max") -> None:
+    def __init__(
+        self,
+        index: VectorIndex,
+        child_score: ChildScore = "max",
+        recency_half_life_days: float | None = None,
+    ) -> None:
         self.index = index
         self.child_score: ChildScore = child_score
+        self.recency_half_life_days = recency_half_life_days
+        self._taken_day = SlotTable()  # face id -> day its photo was taken (days since 1970), recency only
         self._child_of = SlotTable()  # face id -> child id
         self._n_faces = SlotTable()  # child id -> number of mapped faces
         self._max_templates: int | None = 0
@@ -258,6 +293,10 @@ class ChildIndex:
         self._child_of.set(faces, children)
         self._count(children, +1)
         self._log(faces, children)
+
+    def set_taken(self, face_ids: Sequence[int] | np.ndarray, days: Sequence[int] | np.ndarray) -> None:
+        """Record the day each face's photo was taken (days since 1970-01-01), for recency weighting."""
+        self._taken_day.set(np.asarray(face_ids, dtype=np.int64), np.asarray(days, dtype=np.int64))
 
     def remove(self, face_ids: Iterable[int], *, purge: bool = False) -> int:
         """Take faces out; `purge` also overwrites their vectors (erasure: see `VectorIndex.purge`).
@@ -346,6 +385,8 @@ class ChildIndex:
         if not len(faces):
             return []
         sims = self.index.vectors_of(faces) @ np.asarray(query, dtype=np.float32)
+        if self.recency_half_life_days is not None:
+            sims = self._recency_weighted(faces, owners, sims, self.recency_half_life_days)
         # by child, best first, ties to the lower face id (faces come ascending within a child)
         order = np.lexsort((-sims, owners))
         faces, owners, sims = faces[order], owners[order], sims[order]
@@ -362,6 +403,29 @@ class ChildIndex:
         ]
         out.sort(key=lambda c: (-c.score, c.child_id))
         return out
+
+    def _recency_weighted(
+        self, faces: np.ndarray, owners: np.ndarray, sims: np.ndarray, half_life: float
+    ) -> np.ndarray:
+        """Each similarity blended toward the child's newest template's (see the class docstring).
+
+        `faces` come grouped by child (`_faces_of`); segment reductions, no Python loop per face.
+        """
+        days = self._taken_day.get(faces)
+        known = days != ABSENT
+        if not known.any():
+            return sims
+        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        segment = np.cumsum(np.r_[0, (owners[1:] != owners[:-1]).astype(np.int64)])
+        dated = np.where(known, days, np.iinfo(np.int64).min)
+        newest = np.maximum.reduceat(dated, starts)[segment]
+        # the newest photo's similarity (the best of them when several share that day)
+        at_newest = known & (dated == newest)
+        newest_sim = np.maximum.reduceat(np.where(at_newest, sims, -np.inf), starts)[segment]
+        age = np.where(known & np.isfinite(newest_sim), newest - dated, 0).astype(np.float64)
+        weight = 0.5 ** (age / half_life)
+        blended = weight * sims + (1.0 - weight) * np.where(np.isfinite(newest_sim), newest_sim, 0.0)
+        return blended.astype(np.float32)
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[ChildCandidate]]:
         """Top-k children per query row, best first: one face search, then exact child scores.
@@ -458,7 +522,11 @@ def indexable_query(model_row: int | None, *, vectors: bool = True) -> Select:
         select(*columns)
         .join(Child, Child.id == Face.child_id)
         .join(Embedding, and_(Embedding.face_id == Face.id, Embedding.model_id == model_row))
-        .where(Face.review_state == ReviewState.enrolled, Child.status == ChildStatus.active)
+        .where(
+            Face.review_state == ReviewState.enrolled,
+            Face.retired_at.is_(None),
+            Child.status == ChildStatus.active,
+        )
     )
 
 
@@ -502,11 +570,14 @@ def read_indexable(
     Rows come in batches; each batch's vectors are one `b"".join` + `np.frombuffer`
     with a vectorised shape and norm check, written into arrays sized by a count
     first, so a million faces cost no Python object per face beyond the DB row.
-    A stored vector that is not a unit `dim`-d vector is logged and left out.
+    A stored vector that is not a unit `dim`-d vector, or that fails its checksum (changed in the
+    database, or moved from another model: `embedding_checksum`), is logged and left out: a corrupt
+    embedding is never searched (`childface verify --repair` re-computes it). A NULL checksum
+    (unchecked) is searched; `verify` reports it.
     """
     if model_row is None:
         return IndexableFaces(np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, dim), np.float32))
-    query = indexable_query(model_row, vectors=True)
+    query = indexable_query(model_row, vectors=True).add_columns(Embedding.checksum)
     if face_ids is not None:
         query = query.where(Face.id.in_(face_ids))
         expected = len(face_ids)
@@ -518,15 +589,20 @@ def read_indexable(
     vectors = np.empty((expected, dim), dtype=np.float32)
     filled = 0
     for batch in fetch_batches(session, query.order_by(Face.id)):
-        batch_ids, batch_children, blobs = zip(*batch, strict=True)
+        batch_ids, batch_children, blobs, checksums = zip(*batch, strict=True)
         sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
         good = sizes == dim * 4
+        intact = checksums_hold(model_row, blobs, checksums)
+        if not intact.all():
+            for face_id in np.asarray(batch_ids)[~intact].tolist():
+                log.error("face %d: stored embedding fails its checksum; left out (verify --repair)", face_id)
+        good &= intact
         block = np.frombuffer(b"".join(b for b, ok in zip(blobs, good, strict=True) if ok), dtype="<f4")
         block = block.reshape(-1, dim)
         unit = np.abs(np.linalg.norm(block, axis=1) - 1.0) <= 1e-3
         good[good] = unit
-        if not good.all():
-            for face_id in np.asarray(batch_ids)[~good].tolist():
+        if not (good | ~intact).all():
+            for face_id in np.asarray(batch_ids)[~good & intact].tolist():
                 log.error("face %d: stored embedding is not a unit %d-d vector; left out", face_id, dim)
         n = int(good.sum())
         if filled + n > len(ids):  # rows committed after the count (SQLite outside a snapshot)
@@ -540,6 +616,43 @@ def read_indexable(
     if filled < len(ids):
         ids, children, vectors = ids[:filled], children[:filled], vectors[:filled].copy()
     return IndexableFaces(ids, children, vectors)
+
+
+def checksums_hold(model_row: int, blobs: Sequence[bytes], checksums: Sequence[str | None]) -> np.ndarray:
+    """Per row: the stored checksum is NULL (unchecked) or equals `embedding_checksum(model_row, blob)`.
+
+    One sha256 of the model prefix, copied per row: about a microsecond per 512-byte vector."""
+    prefix = hashlib.sha256(b"%d:" % model_row)
+    out = np.ones(len(blobs), dtype=bool)
+    for i, (blob, checksum) in enumerate(zip(blobs, checksums, strict=True)):
+        if checksum is not None:
+            digest = prefix.copy()
+            digest.update(blob)
+            out[i] = digest.hexdigest() == checksum
+    return out
+
+
+def read_taken_days(session: Session, face_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(face ids, day each one's photo was taken: days since 1970-01-01) for these faces.
+
+    The day is `images.taken_at`, else the photo's upload time (rows older than their
+    `taken_at`). Many faces are read in one pass over every assigned face, a few by id.
+    """
+    wanted = np.unique(np.asarray(face_ids, dtype=np.int64))
+    taken = func.coalesce(Image.taken_at, Image.created_at, type_=UtcDateTime())
+    query = select(Face.id, taken).join(Image, Image.id == Face.image_id)
+    if len(wanted) <= 4 * _CHUNK:
+        rows = [
+            row
+            for i in range(0, len(wanted), _CHUNK)
+            for row in session.execute(query.where(Face.id.in_(wanted[i : i + _CHUNK].tolist())))
+        ]
+    else:
+        rows = [row for row in session.execute(query.where(Face.child_id.is_not(None)))]
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    days = np.fromiter((int(r[1].timestamp() // 86400) for r in rows), dtype=np.int64, count=len(rows))
+    keep = np.isin(ids, wanted)
+    return ids[keep], days[keep]
 
 
 class Gallery:
@@ -567,7 +680,7 @@ class Gallery:
         self._grace_s = gap_grace_s
         self._quiesce_s = rebuild_quiesce_s
         self._position = FeedPosition(grace_s=gap_grace_s)
-        self._children = ChildIndex(create_index(settings, model_key, dim), settings.child_score)
+        self._children = self._child_index(create_index(settings, model_key, dim))
         self._model_row: int | None = None
         self._rw = RWLock()  # guards self._children: searches read, applying changes writes
         self._sync = threading.Lock()  # one catch-up / rebuild / check at a time
@@ -625,7 +738,7 @@ class Gallery:
         whose row or child is gone stays in the index, out of search results, until
         an event removes it.
         """
-        children = ChildIndex(index, self.settings.child_score)
+        children = self._child_index(index)
         present = index.ids()
         with self._read() as session:
             owners = select(Face.id, Face.child_id).where(Face.child_id.is_not(None))
@@ -637,9 +750,21 @@ class Gallery:
         at = np.minimum(np.searchsorted(present, pairs[:, 0]), max(len(present) - 1, 0))
         held = present[at] == pairs[:, 0] if len(present) else np.zeros(len(pairs), dtype=bool)
         children.map_faces(pairs[held, 0], pairs[held, 1])
+        if children.recency_half_life_days is not None:
+            with self._read() as session:
+                children.set_taken(*read_taken_days(session, pairs[held, 0]))
         position = FeedPosition(high=index.watermark, grace_s=self._grace_s)
         with self._rw.write():
             self._children, self._position = children, position
+
+    def _child_index(self, index: VectorIndex) -> ChildIndex:
+        return ChildIndex(index, self.settings.child_score, self.settings.template_recency_half_life_days)
+
+    def _read_taken(self, session: Session, face_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Recency weighting only: when these faces' photos were taken (`read_taken_days`); else None."""
+        if self.settings.template_recency_half_life_days is None or not len(face_ids):
+            return None
+        return read_taken_days(session, face_ids)
 
     # --- keeping up with the DB -----------------------------------------------------
 
@@ -710,12 +835,15 @@ class Gallery:
             chunk = face_ids[i : i + _CHUNK]
             rows = read_indexable(session, model_row, self.dim, chunk)
             keep = set(rows.face_ids.tolist())
+            taken = self._read_taken(session, rows.face_ids)
             with self._rw.write():
                 gone = [f for f in chunk if f not in keep]
                 self._children.remove([f for f in gone if f not in erased])
                 self._children.remove([f for f in gone if f in erased], purge=True)
                 if len(rows):
                     self._children.upsert(rows.face_ids, rows.child_ids, rows.vectors)
+                if taken is not None:
+                    self._children.set_taken(*taken)
 
     def rebuild(self) -> int:
         """Replace the index with one built from the DB; returns the number of faces."""
@@ -733,9 +861,10 @@ class Gallery:
                     {"floor": floor},
                 ).all()
                 rows = read_indexable(session, self._model_id(session), self.dim)
-            children = ChildIndex(
-                create_index(self.settings, self.model_key, self.dim), self.settings.child_score
-            )
+                taken = self._read_taken(session, rows.face_ids)
+            children = self._child_index(create_index(self.settings, self.model_key, self.dim))
+            if taken is not None:
+                children.set_taken(*taken)
             # an exact store at once, whatever the size: HNSW is built by the background thread
             children.load(rows.face_ids, rows.child_ids, rows.vectors)
             del rows

@@ -2,7 +2,8 @@
 
 One row per face photo (the layout of the reference data set `finaldata.csv`):
 the child's id, the photo (a path inside an images folder or a zip), optional
-face box, `mask`, `arousal`, `valence`, `name` and `group`. The format, the
+face box, `mask`, `arousal`, `valence`, `name`, `group`, and the child's
+siblings and twins (`sibling_of`, `twin_of`: external ids). The format, the
 column aliases and the box rule are documented in docs/import-format.md; the
 constants below are that document's source of truth.
 
@@ -15,7 +16,8 @@ plan in batches through the vision pipeline and writes every row's fate
 Audit (DESIGN.md invariant 2: one event per unit of work): `import.started`
 opens the run, each child created is its own `child.created`, each committed
 batch of photos is one `import.batch` event whose `face_ids` lists the faces
-it added (the vector index's change feed), and `import.finished` closes the
+it added (the vector index's change feed), each sibling or twin pair marked
+after the last batch is its own `child.relation_added`, and `import.finished` closes the
 run with its counts. A crash loses at most the batch in flight; re-running the
 same CSV skips what is already in the database, so an import resumes.
 """
@@ -39,7 +41,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from sqlalchemy import or_, select, update
@@ -59,11 +61,14 @@ from childface.services.enrollment import (
     select_face,
     store_photo,
 )
-from childface.services.errors import Conflict, InvalidInput
+from childface.services.errors import Conflict, InvalidInput, NotFound
 from childface.services.file_journal import pending_writes
 from childface.services.media import sha256_hex
 from childface.services.owners import current_owner, owner_alive
 from childface.services.text_input import clean_field, text_problem
+
+if TYPE_CHECKING:
+    from childface.vision.exif import PhotoDate
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +91,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "mask": ("mask", "masked", "has_mask", "wearing_mask"),
     "arousal": ("arousal",),
     "valence": ("valence",),
+    "sibling_of": ("sibling_of", "siblings", "sibling"),
+    "twin_of": ("twin_of", "twin"),
 }
+#: several child ids in one `sibling_of` / `twin_of` cell are separated by this
+RELATIVES_SEPARATOR = "|"
 #: four-column box layouts, tried in this order; the column names say which format they are
 BOX_LAYOUTS: tuple[tuple[BoxFormat, tuple[str, str, str, str]], ...] = (
     ("xyxy", ("x1", "y1", "x2", "y2")),
@@ -130,6 +139,8 @@ class Columns:
     mask: str | None = None
     arousal: str | None = None
     valence: str | None = None
+    sibling_of: str | None = None
+    twin_of: str | None = None
     box: tuple[str, ...] = ()
     #: "xyxy" / "xywh", or None when the file has no box
     box_format: BoxFormat | None = None
@@ -150,6 +161,8 @@ class CsvRow:
     arousal: float | None = None
     valence: float | None = None
     box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in photo pixels
+    #: (other child's external id, "sibling" | "twin") from the `sibling_of` / `twin_of` columns
+    relatives: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -195,6 +208,8 @@ def _resolve_columns(headers: list[str]) -> Columns:
         mask=find("mask"),
         arousal=find("arousal"),
         valence=find("valence"),
+        sibling_of=find("sibling_of"),
+        twin_of=find("twin_of"),
         box=box,
         box_format=box_format,
         box_rule=rule,
@@ -363,6 +378,18 @@ def _parse_row(line: int, values: dict[str, str], columns: Columns) -> CsvRow:
             row.box = None if vals is None else _to_xyxy(vals, columns.box_format)
         except ValueError as exc:
             problems.append(str(exc))
+    for label, column, kind in (("sibling_of", columns.sibling_of, "sibling"),
+                                ("twin_of", columns.twin_of, "twin")):
+        for cell in (values[column].split(RELATIVES_SEPARATOR) if column else []):
+            try:
+                other = clean_field(label, cell, max_length=128, required=False)
+            except InvalidInput as exc:
+                problems.append(exc.message)
+                continue
+            if other == row.external_id:
+                problems.append(f"{label} names the row's own child {other}")
+            elif other and (other, kind) not in row.relatives:
+                row.relatives.append((other, kind))
     row.error = "; ".join(problems) or None
     return row
 
@@ -495,12 +522,32 @@ class PlannedRow:
     face_id: int | None = None
 
 
+RelationAction = Literal["add", "exists", "refused"]
+
+
+@dataclass
+class PlannedRelation:
+    """A sibling or twin pair the CSV names (`sibling_of` / `twin_of`), and what the import does with it.
+
+    `add`: marked at the end of the import, when both children exist then; `exists`: the pair is
+    marked already (an import never changes a marked pair's kind); `refused`: `reason` says why.
+    """
+
+    child_id: str
+    other_id: str
+    kind: str
+    lines: list[int]
+    action: RelationAction = "add"
+    reason: str = ""
+
+
 @dataclass
 class ImportPlan:
     table: ImportTable
     rows: list[PlannedRow]
     new_children: list[str]
     new_photos: int
+    relations: list[PlannedRelation] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         counts = {"rows": len(self.rows), "to_import": 0, "already_imported": 0, "duplicate": 0,
@@ -524,6 +571,7 @@ class ImportPlan:
                  "action": p.action, "reason": p.reason}
                 for p in self.rows
             ],
+            "relations": [r.__dict__ for r in self.relations],
         }
 
 
@@ -652,7 +700,82 @@ def plan_import(*, db: Database, table: ImportTable, source: PhotoSource, max_pi
     importing = [p for p in planned if p.action == "import"]
     new_children = sorted({p.row.external_id for p in importing} - set(known_children))
     new_photos = len({p.sha256 for p in importing} - set(stored))
-    return ImportPlan(table=table, rows=planned, new_children=new_children, new_photos=new_photos)
+    return ImportPlan(table=table, rows=planned, new_children=new_children, new_photos=new_photos,
+                      relations=plan_relations(db, planned))
+
+
+def plan_relations(db: Database, planned: list[PlannedRow]) -> list[PlannedRelation]:
+    """The sibling and twin pairs the CSV names, each with its action (`PlannedRelation`).
+
+    A pair may name a child of the file (one with a row that imports or was imported) or one
+    already in the database; a child merged into another, a child found in neither, or one pair
+    named as siblings and as twins is refused. The dry run and the import share this decision.
+    """
+    from childface.services.relations import pair_kinds
+
+    pairs: dict[tuple[str, str], PlannedRelation] = {}
+    for p in planned:
+        for other, kind in p.row.relatives:
+            key = tuple(sorted((p.row.external_id, other)))
+            relation = pairs.setdefault(key, PlannedRelation(p.row.external_id, other, kind, []))
+            if p.row.line not in relation.lines:
+                relation.lines.append(p.row.line)
+            if relation.kind != kind:
+                relation.action = "refused"
+                relation.reason = f"{key[0]} and {key[1]} are named both siblings and twins"
+    if not pairs:
+        return []
+    in_file = {p.row.external_id for p in planned if p.action in {"import", "done"}}
+    named = sorted({ext for key in pairs for ext in key})
+    with db.session() as session:
+        known: dict[str, tuple[int, int | None]] = {}  # external id -> (id, merged into)
+        for chunk in _chunks(named, 500):
+            query = select(Child.external_id, Child.id, Child.merged_into_id).where(
+                Child.external_id.in_(chunk))
+            known.update((ext, (cid, merged)) for ext, cid, merged in session.execute(query))
+        ids = {key: (known[key[0]][0], known[key[1]][0]) for key in pairs
+               if key[0] in known and key[1] in known}
+        marked = pair_kinds(session, [tuple(sorted(pair)) for pair in ids.values()])
+    for key, relation in pairs.items():
+        if relation.action == "refused":
+            continue
+        for ext in key:
+            if ext in known and known[ext][1] is not None:
+                relation.action, relation.reason = "refused", f"child {ext} was merged into another child"
+            elif ext not in known and ext not in in_file:
+                relation.action = "refused"
+                relation.reason = f"child {ext} is neither imported by this file nor in the database"
+        kind = marked.get(tuple(sorted(ids[key]))) if key in ids else None
+        if relation.action == "add" and kind is not None:
+            relation.action = "exists"
+            relation.reason = f"already marked as {kind.value}s" + (
+                "" if kind.value == relation.kind else " (an import does not change a marked pair)")
+    return list(pairs.values())
+
+
+def _mark_relations(db: Database, actor: Actor, plan: ImportPlan) -> dict[str, int]:
+    """Mark the plan's `add` pairs whose children both exist now (one unit of work and event each)."""
+    from childface.services.relations import set_relation
+
+    adding = [r for r in plan.relations if r.action == "add"]
+    named = sorted({ext for r in adding for ext in (r.child_id, r.other_id)})
+    ids: dict[str, int] = {}
+    with db.session() as session:
+        for chunk in _chunks(named, 500):
+            query = select(Child.external_id, Child.id).where(Child.external_id.in_(chunk))
+            ids.update((ext, cid) for ext, cid in session.execute(query))
+    counts = {"relations_added": 0, "relations_skipped": 0}
+    for relation in adding:
+        if relation.child_id not in ids or relation.other_id not in ids:
+            counts["relations_skipped"] += 1  # a child none of whose rows imported
+            continue
+        try:
+            set_relation(db=db, actor=actor, child_id=ids[relation.child_id], other_id=ids[relation.other_id],
+                         kind=relation.kind)
+            counts["relations_added"] += 1
+        except (Conflict, InvalidInput, NotFound):  # marked, merged or erased meanwhile
+            counts["relations_skipped"] += 1
+    return counts
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -741,6 +864,8 @@ class _Photo:
     data: bytes = b""
     rgb: np.ndarray | None = None
     error: str | None = None
+    #: when it was taken (EXIF or the time it was read), read with the pixels: never under the write lock
+    taken: PhotoDate | None = None
     #: rows of this photo refused by `row_problem`: line -> reason
     refused: dict[int, str] = field(default_factory=dict)
 
@@ -801,6 +926,7 @@ def run_import(
     run_id: int | None = None,
     consistency: ConsistencyCheck | None = None,
     strict: bool = False,
+    local_zone: str = "UTC",
 ) -> ImportResult:
     """Import every importable row; see the module docstring for batches, audit and resume.
 
@@ -809,8 +935,10 @@ def run_import(
     `consistency`: check each face against its child's templates (services/consistency.py): a row
     whose face fails is imported with the reason `inconsistent_with_child: <scores>`, or refused
     with it when `strict`; counted in `counts["inconsistent"]`.
+    `local_zone`: the zone of EXIF dates that carry no offset (`attendance_timezone`).
     """
     from childface.vision.decode import ImageDecodeError, decode_image
+    from childface.vision.exif import photo_date
 
     started = time.perf_counter()
     plan = plan or plan_import(db=db, table=table, source=source, max_pixels=max_pixels)
@@ -840,6 +968,7 @@ def run_import(
             except (ImageDecodeError, FileNotFoundError, ValueError, OSError) as exc:
                 photo.error = f"photo cannot be read: {exc}"
                 continue
+            photo.taken = photo_date(photo.data, local_zone=local_zone)
             # the dry run's decision again, on the photo as read now (the plan may be older)
             size = (int(photo.rgb.shape[1]), int(photo.rgb.shape[0]))
             photo.refused = {p.row.line: why for p in photo.rows if (why := row_problem(p.row, size))}
@@ -851,6 +980,7 @@ def run_import(
     error: str | None = None
     children: dict[str, int] = {}
     created: list[str] = []
+    related: dict[str, int] = {}  # relations_added, relations_skipped (a CSV with sibling_of / twin_of)
     heartbeat = _Heartbeat(db, run_id)
     try:
         notify()
@@ -874,6 +1004,8 @@ def run_import(
                     if after_commit is not None:
                         after_commit()
                 notify()
+        if plan.relations:
+            related = _mark_relations(db, actor, plan)
         status = ImportStatus.finished
     except BaseException as exc:
         # the kind of failure only: a driver's message may quote row values (names) into the audit
@@ -887,7 +1019,7 @@ def run_import(
             with report_path.open("w", newline="", encoding="utf-8") as fh:
                 write_report(ordered, fh)
         counts = {**_count(ordered), **already, "inconsistent": len(flagged), "rows": total,
-                  "children_created": len(created)}
+                  "children_created": len(created), **related}
         _finish_run(db, actor, run_id, status, counts, report_path, error)
     return ImportResult(run_id=run_id, outcomes=ordered, counts=counts, seconds=time.perf_counter() - started,
                         photos_processed=photos_processed, report_path=report_path)
@@ -1057,7 +1189,7 @@ def _commit_batch(
                         width=int(rgb.shape[1]), height=int(rgb.shape[0]),
                         source=ImageSource.csv_import, uploaded_by=str(actor), face=a.face,
                         child_id=children[row.external_id], model_db_id=model_db_id, mask=row.mask,
-                        arousal=row.arousal, valence=row.valence,
+                        arousal=row.arousal, valence=row.valence, taken=a.photo.taken,
                     )
                 except FaceAlreadyStored as dup:
                     duplicates.append((a, dup))

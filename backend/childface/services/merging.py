@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from childface.db.models import Child, ChildStatus, Face
+from childface.db.models import Child, ChildStatus, Face, utcnow
 from childface.db.session import Actor, Database
 from childface.services.children import get_child_row, snapshot
 from childface.services.errors import Conflict, InvalidInput
@@ -41,6 +41,8 @@ def merge_children(*, db: Database, actor: Actor, source_id: int, target_id: int
         faces = list(session.scalars(select(Face).where(Face.child_id == source_id).order_by(Face.id)))
         for face in faces:
             face.child_id = target_id
+        if source.status != ChildStatus.archived:
+            source.archived_at = utcnow()  # an archived source keeps its own archive time
         source.status = ChildStatus.archived
         source.merged_into_id = target_id
         session.flush()

@@ -3,13 +3,16 @@
 `recognize_photo`: check the header (per-photo and per-request pixel limits,
 before any decoding), decode, run the pipeline (through its micro-batcher:
 concurrent requests share one model call), search the gallery and decide
-(`services.recognition.identify`), add names from the DB, and queue the faces
+(`services.recognition.identify`, with the marked siblings and twins and each
+face's quality: every decision carries its reasons), add names from the DB, and queue the faces
 that ended in `review` (`services.review.queue_for_review`). `detect_photo`
 stops after detection and quality. `verify_photo` scores one photo's face
 against one child, or against another photo's face.
 
 Faces are reported whatever their quality (the caller sees why a face may be
-unreliable); only faces that ended in `review` are stored.
+unreliable); only faces that ended in `review` are stored, and, under
+`auto_templates = "confident"`, matches far above the accept threshold that
+the template policy takes as new templates (`services.templates`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from childface.db.models import Child, ChildStatus
 from childface.db.session import Actor
 from childface.services.enrollment import Photo, decode_photos, read_headers
 from childface.services.errors import Conflict, InvalidImage, InvalidInput, NotFound
-from childface.services.recognition import UnknownChild, identify, verify
+from childface.services.recognition import UnknownChild, identify, quality_flaws, verify
 from childface.services.workload import pin_request_thread
 
 if TYPE_CHECKING:
@@ -46,6 +49,8 @@ class RecognizedFace:
     face: DetectedFace
     decision: str
     candidates: list[NamedCandidate] = field(default_factory=list)
+    #: why the decision is not a match (`services.recognition` reason codes); empty for a match
+    reasons: list[str] = field(default_factory=list)
     review_id: int | None = None
     #: decision review only: whether the face waits in the queue, and why not (`services.review.Queued`)
     review_queued: bool | None = None
@@ -106,7 +111,10 @@ def recognize_photo(
         pin_request_thread()
         gallery = runtime.current_gallery()  # first: it also brings in thresholds changed at run time
         k = top_k or runtime.settings.top_k
-        identifications = identify(gallery, vectors, runtime.settings, k=k)
+        identifications = identify(
+            gallery, vectors, runtime.settings, k=k, kin=runtime.current_relations(),
+            quality=[quality_flaws(f.quality) for f in faces],
+        )
         names = _names(runtime, {c.child_id for ident in identifications for c in ident.candidates[:k]})
         for face, ident in zip(faces, identifications, strict=True):
             candidates = [
@@ -114,7 +122,7 @@ def recognize_photo(
                 for c in ident.candidates[:k]
                 if c.child_id in names
             ]
-            results.append(RecognizedFace(face=face, decision=ident.decision, candidates=candidates))
+            results.append(RecognizedFace(face, ident.decision, candidates, reasons=ident.reasons))
     undecided = [r for r in results if r.decision == "review"]
     for result in undecided:
         result.review_queued, result.review_not_queued_reason = False, "not_requested"
@@ -124,12 +132,22 @@ def recognize_photo(
             actor=actor,
             photo=photo,
             faces=[(r.face, r.candidates) for r in undecided],  # type: ignore[misc]
+            reasons=[r.reasons for r in undecided],
         )
         for result, outcome in zip(undecided, queued, strict=True):
             result.review_id = outcome.review_id
             result.review_queued = outcome.review_id is not None
             result.review_not_queued_reason = outcome.not_queued_reason
-    return PhotoRecognition(width=width, height=height, model_id=runtime.pipeline.model_id, faces=results)
+    if faces and runtime.settings.auto_templates == "confident":
+        from childface.services.templates import consider_recognition
+
+        for face, ident in zip(faces, identifications, strict=True):  # matches far above the threshold
+            consider_recognition(
+                runtime=runtime, actor=actor, photo=photo, face=face, identification=ident,
+                settings=runtime.settings,
+            )
+    # the model that made these vectors (after a switch meanwhile, runtime.pipeline is the new one)
+    return PhotoRecognition(width=width, height=height, model_id=pipeline.model_id, faces=results)
 
 
 def _names(runtime: Runtime, child_ids: set[int]) -> dict[int, tuple[str, str]]:
@@ -184,17 +202,20 @@ def verify_photo(
         if face is None:
             return Verification("unknown", None, child_id, None, None, reasons)
         pin_request_thread()
+        gallery = runtime.current_gallery()
         try:
             result = verify(
-                face.embedding, runtime.settings, gallery=runtime.current_gallery(), child_id=child_id
+                face.embedding, runtime.settings, gallery=gallery, child_id=child_id,
+                kin=runtime.current_relations(), quality=quality_flaws(face.quality),
             )
         except UnknownChild:
             return Verification("unknown", None, child_id, face, None, ["child_has_no_templates"])
-        return Verification(result.decision, result.score, child_id, face, None, [])
+        return Verification(result.decision, result.score, child_id, face, None, result.reasons)
     other_face = _main_face(detected[1])
     if other_face is None:
         reasons.append("no_face_in_second_photo")
     if face is None or other_face is None:
         return Verification("unknown", None, None, face, other_face, reasons)
-    result = verify(face.embedding, runtime.current_settings(), reference=other_face.embedding)
-    return Verification(result.decision, result.score, None, face, other_face, [])
+    flaws = sorted({*quality_flaws(face.quality), *quality_flaws(other_face.quality)})
+    result = verify(face.embedding, runtime.current_settings(), reference=other_face.embedding, quality=flaws)
+    return Verification(result.decision, result.score, None, face, other_face, result.reasons)

@@ -15,7 +15,9 @@ owned, never a live one's work (`services.owners`):
 `Runtime.start` runs it (and logs what it did), `childface recover` runs it by
 hand, `childface doctor` and `childface verify` show what it would do. A
 running server repeats the journal sweep and the interrupted-run check every
-`housekeeping_interval_s` (`Housekeeper`).
+`housekeeping_interval_s` (`Housekeeper`), and purges removed faces kept past
+`removed_faces_keep_days` (`removed_faces.purge_expired_removals`). When retention
+is on, the Housekeeper also runs it once a day (`retention.run_if_due`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from childface.config import Settings
 from childface.db.session import Database
-from childface.services import file_journal, importing
+from childface.services import file_journal, importing, removed_faces
 from childface.services.media import MediaStore
 from childface.services.owners import scratch_owner_alive, scratch_tag
 
@@ -178,12 +180,19 @@ class Housekeeper:
         self._thread.start()
 
     def round(self) -> None:
-        """One round: settle due journal entries, mark imports whose process died as failed."""
+        """One round: settle due journal entries, mark imports whose process died as failed, purge
+        removed faces kept past their time, run retention when a day has passed."""
         started = time.perf_counter()
         deleted = file_journal.sweep(
             db=self.db, media=self.media, pending_grace_s=self.settings.pending_write_grace_s
         )
         failed = importing.fail_interrupted_runs(self.db, stale_after_s=importing.STALE_AFTER_S)
+        # removed faces past `removed_faces_keep_days` (kept for undo) go for good, with unused photos
+        removed_faces.purge_expired_removals(db=self.db, media=self.media, settings=self.settings)
+        from childface.services.retention import run_if_due
+
+        # retention, when on: once a day across every process on the database (services/retention.py)
+        run_if_due(db=self.db, media=self.media, settings=self.settings)
         if self.db.scrub_pending:  # an erasure's checkpoint was held off by readers: try again
             self.db.scrub_freed_pages(())
         if deleted or failed:

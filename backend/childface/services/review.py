@@ -15,9 +15,12 @@ face, so the gallery re-reads it):
 - `assign`: the face is `child_id`;
 - `new_child`: the face is a child not enrolled yet, created here;
 - `dismiss`: nobody we know (the face stays on record, not searchable).
-With `add_as_template` (default) a confirmed/assigned face that passed the
-quality gate becomes an enrolled template of that child: this is how the
-gallery follows children as they grow. A face that is not added keeps its
+A confirmed/assigned face that passed the quality gate becomes an enrolled
+template of that child: this is how the gallery follows children as they
+grow. With `add_as_template` true staff decide so themselves; by default
+(None) the template policy decides (`services.templates`: `auto_templates`,
+near-duplicates, siblings, the per-child cap) in a `face.auto_template` unit
+of work right after this one; false: never. A face that is not added keeps its
 child for the record with review state `rejected` (never searched).
 """
 
@@ -43,7 +46,7 @@ from childface.db.models import (
 )
 from childface.db.session import Actor
 from childface.services.children import MAX_PAGE, Page, clean_text, get_child_row, snapshot
-from childface.services.enrollment import FaceAlreadyStored, Photo, persist_face, store_photo
+from childface.services.enrollment import FaceAlreadyStored, Photo, persist_face, photo_taken, store_photo
 from childface.services.errors import Conflict, InvalidInput, NotFound
 from childface.services.file_journal import pending_writes
 
@@ -73,8 +76,12 @@ def queue_for_review(
     actor: Actor,
     photo: Photo,
     faces: list[tuple[DetectedFace, list[ChildCandidate]]],
+    reasons: list[list[str]] | None = None,
 ) -> list[Queued]:
     """Store a probe photo's undecided faces and open one review item each.
+
+    `reasons`: per face, why recognition did not decide it (`services.recognition` codes), stored
+    with its item.
 
     Returns one outcome per face, in order: the open item, or (no item) why the
     face was not queued: `already_enrolled` (e.g. an enrollment photo sent to
@@ -85,6 +92,7 @@ def queue_for_review(
     height, width = photo.rgb.shape[:2]
     media = runtime.media
     _, relative = media.locate(photo.data)
+    taken = photo_taken(photo, runtime.settings)  # read before the write lock (video crops come dated)
     # announced before it is written, settled after the commit: a crash strands no file
     with media.hold(photo.sha256), pending_writes(runtime.db, media, [(photo.sha256, relative)]):
         store_photo(media, photo.data)
@@ -94,7 +102,7 @@ def queue_for_review(
                 item_ids: list[Queued] = []
                 face_ids: list[int] = []
                 alive = _children_still_there(session, faces)
-                for detected, found in faces:
+                for n, (detected, found) in enumerate(faces):
                     candidates = [c for c in found if c.child_id in alive]
                     if found and not candidates:
                         # every child it was proposed for was erased since the search: most likely that
@@ -114,6 +122,7 @@ def queue_for_review(
                             child_id=None,
                             model_db_id=runtime.model_db_id,
                             review_state=ReviewState.pending_review,
+                            taken=taken,
                         )
                     except FaceAlreadyStored as existing:  # stored before (by anyone): its open item, if any
                         item_ids.append(_already_stored(session, existing.face_id))
@@ -124,6 +133,7 @@ def queue_for_review(
                             {"child_id": c.child_id, "score": round(float(c.score), 6), "face_id": c.face_id}
                             for c in candidates
                         ],
+                        reasons=list(reasons[n]) if reasons is not None else None,
                     )
                     session.add(item)
                     session.flush()
@@ -270,9 +280,14 @@ def resolve(
     action: str,
     child_id: int | None = None,
     new_child: dict[str, Any] | None = None,
-    add_as_template: bool = True,
+    add_as_template: bool | None = None,
 ) -> Resolution:
-    """Decide who a queued face is (see the module docstring); then run `runtime.catch_up()`."""
+    """Decide who a queued face is (see the module docstring); then run `runtime.catch_up()`.
+
+    `add_as_template`: True: staff want the face as a template (added if it passed the quality
+    gate); False: never; None: the template policy decides (`services.templates`,
+    `auto_templates`), in a `face.auto_template` unit of work after this one.
+    """
     if action not in ACTIONS:
         raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}")
     if action == "assign" and child_id is None:
@@ -294,18 +309,22 @@ def resolve(
             "child_id": face.child_id,
         }
         refused: list[str] = []
-        added = False
+        added = by_policy = False
         if target is None:
             face.child_id = None
             face.review_state = ReviewState.rejected
         else:
             face.child_id = target.id
             details = face.quality_details or {}
-            if not add_as_template:
+            if add_as_template is False:
                 refused = ["not_requested"]
             elif not details.get("passed", False):
                 refused = list(details.get("reasons", [])) or ["low_quality"]
-            added = not refused
+            elif add_as_template is None and runtime.settings.auto_templates == "off":
+                refused = ["auto_templates_off"]
+            by_policy = add_as_template is None and not refused
+            added = not refused and not by_policy
+            # a face the policy will decide on stays out of the search until it does
             face.review_state = ReviewState.enrolled if added else ReviewState.rejected
         item.status = ReviewStatus.resolved
         item.resolution = action
@@ -320,6 +339,8 @@ def resolve(
         }
         if action == "new_child" and target is not None:
             after["new_child"] = snapshot(target)
+        if by_policy:
+            after["template_by_policy"] = True  # its `face.auto_template` event follows, or none
         uow.audit(
             "review.resolved",
             target_type="review",
@@ -332,12 +353,17 @@ def resolve(
         names = _names(session, {c["child_id"] for c in item.candidates})
         image = session.get(Image, face.image_id)
         source = _queued_by(session, [(item, image)]).get(item.id)
-    return Resolution(
-        view=ReviewView(item, face, image, names, source),
-        child=target,
-        template_added=added,
-        template_refused_reasons=refused,
-    )
+    view = ReviewView(item, face, image, names, source)
+    if by_policy:
+        from childface.services.templates import promote_reviewed
+
+        assert target is not None
+        outcome = promote_reviewed(
+            runtime=runtime, actor=actor, face_id=face.id, child_id=target.id, review_id=review_id
+        )
+        added, refused = outcome.added, [] if outcome.added else [outcome.reason]
+        view = get_review(runtime=runtime, review_id=review_id)  # the face as the policy left it
+    return Resolution(view=view, child=target, template_added=added, template_refused_reasons=refused)
 
 
 def _target_child(

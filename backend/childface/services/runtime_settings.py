@@ -152,7 +152,8 @@ class _NothingChanged(Exception):
 
 
 class EffectiveSettings:
-    """The settings in force in one process: its configuration plus the stored overrides.
+    """The settings in force in one process: its configuration, the thresholds the current embedding
+    model carries (services/embedding_models.py), then the stored overrides, each over the one before.
 
     `current` is a plain attribute read (no database access); `follow` and
     `reload` refresh it. Thread-safe.
@@ -160,6 +161,8 @@ class EffectiveSettings:
 
     def __init__(self, base: Settings) -> None:
         self._base = base
+        #: the current embedding model's own thresholds (Settings names), {} when it has none
+        self._model: dict[str, float] = {}
         self._overrides: dict[str, Override] = {}
         self.current = base
         #: audit seq up to which `settings.changed` events are reflected (None: not started)
@@ -175,7 +178,24 @@ class EffectiveSettings:
     def base(self, settings: Settings) -> None:
         with self._lock:
             self._base = settings
-            self.current = effective(settings, self._overrides)
+            self.current = effective(self.model_base, self._overrides)
+
+    @property
+    def model_base(self) -> Settings:
+        """The configuration with the current model's thresholds: what applies without overrides."""
+        if not self._model:
+            return self._base
+        try:
+            return validated(self._base, self._model)
+        except InvalidInput as exc:
+            log.warning("the current model's thresholds %s ignored: %s", self._model, exc)
+            return self._base
+
+    def set_model_thresholds(self, thresholds: dict[str, float]) -> None:
+        """The current embedding model changed, or its thresholds did (no database access)."""
+        with self._lock:
+            self._model = dict(thresholds)
+            self.current = effective(self.model_base, self._overrides)
 
     @property
     def overrides(self) -> dict[str, Override]:
@@ -185,7 +205,7 @@ class EffectiveSettings:
         """Read the overrides now (after this process changed them, or at start)."""
         with self._lock, db.session() as session:
             self._overrides = stored_overrides(session)
-            self.current = effective(self._base, self._overrides)
+            self.current = effective(self.model_base, self._overrides)
             return self.current
 
     def start(self, db: Database, watermark: int) -> None:

@@ -11,6 +11,8 @@ the crops follow the photos rather than hard-coded coordinates.
   and the face box that picks one child out of the group photo.
 - `build_synthetic_dataset`: N 640x480 one-face photos (real face crops,
   augmented, placed on varied backgrounds) for `childface bench import`.
+- `build_people_folder`: one sub-folder of varied photos per sample person
+  (framing, tilt, size, light, blur, noise, JPEG quality), for `childface eval`.
 """
 
 from __future__ import annotations
@@ -246,3 +248,48 @@ def build_synthetic_dataset(out_dir: Path, n: int, detector, *, seed: int = 0) -
             _write_jpeg(images / name, synthetic_photo(face, rng), quality=90)
             writer.writerow((f"S{child:04d}", name, 0, f"{rng.random():.2f}", f"{rng.random():.2f}"))
     return csv_path
+
+
+# ---- a labelled folder for `childface eval` ----------------------------------------------------------
+
+
+def varied_photo(face: SourceFace, rng: np.random.Generator) -> np.ndarray:
+    """Another photo of `face`: its own framing, tilt and slant, size and sharpness (some captured
+    at a third of the resolution), light and colour, noise. Never mirrored, so a mirror-invariant
+    embedding gains nothing for free."""
+    x1, y1, x2, y2 = face.box
+    side = max(x2 - x1, y2 - y1)
+    half = side * float(rng.uniform(0.65, 0.95))
+    cx = (x1 + x2) / 2 + side * float(rng.uniform(-0.08, 0.08))
+    cy = (y1 + y2) / 2 + side * float(rng.uniform(-0.08, 0.08))
+    out = int(rng.integers(140, 321))  # the photo's side, pixels
+    turn = cv2.getRotationMatrix2D((cx, cy), float(rng.uniform(-15, 15)), out / (2 * half))
+    turn[:, :2] = turn[:, :2] @ np.array([[1.0, float(rng.uniform(-0.1, 0.1))], [0.0, 1.0]])  # a slant
+    turn[:, 2] = out / 2 - turn[:, :2] @ np.array([cx, cy])  # the face's centre to the photo's
+    photo = cv2.warpAffine(face.crop, turn, (out, out), borderMode=cv2.BORDER_REPLICATE)
+    if rng.random() < 0.35:  # a low-resolution capture
+        small = max(32, int(out * float(rng.uniform(0.3, 0.7))))
+        photo = cv2.resize(cv2.resize(photo, (small, small), interpolation=cv2.INTER_AREA), (out, out))
+    light = photo.astype(np.float32) / 255.0
+    light = np.power(light, float(rng.uniform(0.6, 1.6))) * float(rng.uniform(0.65, 1.3))
+    light *= rng.uniform(0.9, 1.1, 3).astype(np.float32)  # a colour cast
+    photo = np.clip(light * 255.0, 0, 255)
+    if rng.random() < 0.4:
+        photo = cv2.GaussianBlur(photo, (0, 0), float(rng.uniform(0.6, 2.0)))
+    if rng.random() < 0.4:
+        photo = photo + rng.normal(0, float(rng.uniform(2, 10)), photo.shape)
+    return np.clip(photo, 0, 255).astype(np.uint8)
+
+
+def build_people_folder(out_dir: Path, detector, *, photos_per_person: int = 10, seed: int = 11) -> Path:  # noqa: ANN001
+    """Write OUT_DIR/<person>/NN.jpg: `photos_per_person` varied photos of each of the eight sample
+    people (JPEG quality 40-95), a labelled folder for `childface eval`. Returns OUT_DIR."""
+    if photos_per_person < 2:
+        raise InvalidInput("a labelled folder needs at least two photos per person")
+    photos = load_sample_photos(detector)
+    rng = np.random.default_rng(seed)
+    for face in photos.faces:
+        for i in range(photos_per_person):
+            path = Path(out_dir) / face.key / f"{i:02d}.jpg"
+            _write_jpeg(path, varied_photo(face, rng), quality=int(rng.integers(40, 96)))
+    return Path(out_dir)

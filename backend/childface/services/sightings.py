@@ -66,6 +66,7 @@ from childface.db.models import (
     Face,
     Image,
     ImageSource,
+    RemovedFace,
     ReviewItem,
     Sighting,
     SightingDecision,
@@ -118,6 +119,8 @@ class TrackReport:
     final: bool
     #: the quality gate's verdict on the best face; without it a reviewed face never becomes a template
     best_quality: QualityReport | None = field(default=None)
+    #: why the decision is not a match (`services.recognition` reason codes), kept by its review item
+    reasons: list[str] = field(default_factory=list)
 
 
 def _checked(report: TrackReport) -> None:
@@ -180,6 +183,7 @@ def _queue_review(runtime: Runtime, report: TrackReport) -> tuple[int | None, in
     from childface.services.enrollment import Photo
     from childface.services.gallery import ChildCandidate
     from childface.services.review import queue_for_review
+    from childface.vision.exif import PhotoDate
     from childface.vision.pipeline import DetectedFace
     from childface.vision.quality import QualityReport
 
@@ -211,8 +215,10 @@ def _queue_review(runtime: Runtime, report: TrackReport) -> tuple[int | None, in
         for c, s in report.candidates
         if int(c) in templates  # a child without templates now (erased, archived) is not proposed
     ]
-    photo = Photo(data=data, rgb=chip, sha256=sha)
-    (outcome,) = queue_for_review(runtime=runtime, actor=WATCH_ACTOR, photo=photo, faces=[(face, candidates)])
+    # a frame has no EXIF: the crop was taken when the track was last seen
+    photo = Photo(data=data, rgb=chip, sha256=sha, taken=PhotoDate(as_utc(report.last_seen), "upload"))
+    (outcome,) = queue_for_review(runtime=runtime, actor=WATCH_ACTOR, photo=photo, faces=[(face, candidates)],
+                                  reasons=[report.reasons])
     if outcome.review_id is None:
         log.info("review track %s/%s not queued: %s", report.source, report.track_id,
                  outcome.not_queued_reason)
@@ -254,7 +260,7 @@ def _write(
         if sighting.final and not was_final:
             if crop is not None:
                 sha, relative, shape = crop
-                sighting.best_crop_path = _crop_row(session, sha, relative, shape)
+                sighting.best_crop_path = _crop_row(session, sha, relative, shape, report.last_seen)
             elif review_crop is not None:
                 sighting.best_crop_path, sighting.face_id = review_crop, face_id
         session.flush()
@@ -353,13 +359,15 @@ def _insert_arrival(session: Session, runtime: Runtime, child_id: int, report: T
     return session.execute(statement).scalar() is not None
 
 
-def _crop_row(session: Session, sha: str, relative: str, shape: tuple[int, ...]) -> str:
-    """The crop's photo row (reused when the same bytes are stored already); its path."""
+def _crop_row(session: Session, sha: str, relative: str, shape: tuple[int, ...], seen: datetime) -> str:
+    """The crop's photo row (reused when the same bytes are stored already), dated when it was `seen`;
+    its path."""
     existing = session.scalar(select(Image.path).where(Image.sha256 == sha))
     if existing is not None:
         return existing
     session.add(Image(sha256=sha, path=relative, width=int(shape[1]), height=int(shape[0]),
-                      source=ImageSource.recognition, uploaded_by=str(WATCH_ACTOR)))
+                      source=ImageSource.recognition, uploaded_by=str(WATCH_ACTOR),
+                      taken_at=as_utc(seen), taken_at_source="upload"))
     return relative
 
 
@@ -404,18 +412,29 @@ def expire_unknown_crops(
     """Remove unknown people's crops older than `video_keep_unknown_crops_days`; returns how many."""
     cutoff = (now or datetime.now(UTC)) - timedelta(days=settings.video_keep_unknown_crops_days)
     with db.transaction() as session:
-        rows = session.execute(
-            select(Sighting.id, Sighting.best_crop_path).where(
-                Sighting.decision == SightingDecision.unknown,
-                Sighting.best_crop_path.is_not(None),
-                Sighting.last_seen < cutoff,
-            )
-        ).all()
-        if not rows:
-            return 0
-        shas = drop_crops(session, [r.id for r in rows], [r.best_crop_path for r in rows])
-    sweep(db=db, media=media, shas=shas)
-    return len(rows)
+        dropped, shas = drop_expired_crops(session, [SightingDecision.unknown], cutoff)
+    if dropped:
+        sweep(db=db, media=media, shas=shas)
+    return dropped
+
+
+def drop_expired_crops(
+    session: Session, decisions: list[SightingDecision], before: datetime
+) -> tuple[int, list[str]]:
+    """Inside the caller's transaction: `drop_crops` of the sightings with these decisions last seen
+    before `before` (this module's expiry of unknown crops, and retention's of review and unknown ones).
+
+    Returns (sightings whose crop was dropped, sha256s of the photo rows deleted, for the sweep)."""
+    rows = session.execute(
+        select(Sighting.id, Sighting.best_crop_path).where(
+            Sighting.decision.in_(decisions),
+            Sighting.best_crop_path.is_not(None),
+            Sighting.last_seen < before,
+        )
+    ).all()
+    if not rows:
+        return 0, []
+    return len(rows), drop_crops(session, [r.id for r in rows], [r.best_crop_path for r in rows])
 
 
 def drop_crops(session: Session, sighting_ids: list[int], paths: list[str]) -> list[str]:
@@ -431,6 +450,7 @@ def drop_crops(session: Session, sighting_ids: list[int], paths: list[str]) -> l
     unused = and_(
         Image.path.in_(paths),
         ~exists().where(Face.image_id == Image.id),
+        ~exists().where(RemovedFace.image_id == Image.id),  # kept for undo: the cascade would drop it
         ~exists().where(Sighting.best_crop_path == Image.path),
     )
     gone = list(session.scalars(select(Image.sha256).where(unused)))

@@ -16,8 +16,9 @@ sources:
    so far, which then replaces the worst it holds;
 5. vote: each of the track's best embeddings gets child-level scores from the
    gallery (`Runtime.current_gallery`), their mean per child is the track's
-   score, and `services.recognition.decide` turns the best score and the margin
-   to the runner-up into match / review / unknown, with the API's thresholds;
+   score, and `services.recognition.judge` turns the ranked means into match /
+   review / unknown with its reasons: the API's rule, thresholds, and marked
+   siblings and twins (`Runtime.current_relations`);
 6. report (`services.sightings.record_track`) when a track's decision or child
    changes, and once more, final, when it ends. A track that never showed a face
    that passed the quality gate is never reported (nothing to decide on).
@@ -53,7 +54,7 @@ from childface.config import Settings
 from childface.db.models import Child
 from childface.db.session import Database
 from childface.services.cameras import store_frame, update_camera_status
-from childface.services.recognition import ChildSearch, decide
+from childface.services.recognition import NO_TEMPLATES, ChildSearch, Kin, judge
 from childface.services.runtime import Runtime
 from childface.services.sightings import TrackReport, record_track
 from childface.vision.pipeline import DetectedFace, FacePipeline
@@ -116,6 +117,7 @@ class TrackIdentity:
     child_id: int | None = None
     score: float | None = None
     candidates: list[tuple[int, float]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
     reported: tuple[str, int | None] | None = None
 
     def wants(self, face: DetectedFace, frame_index: int, options: WatchOptions) -> bool:
@@ -149,6 +151,7 @@ class TrackIdentity:
             best_embedding=None if best is None else best.embedding,
             final=final,
             best_quality=None if best is None else best.quality,
+            reasons=list(self.reasons),
         )
 
 
@@ -158,31 +161,35 @@ class Vote:
     child_id: int | None  # the matched child, or the leading candidate of a review
     score: float | None
     candidates: list[tuple[int, float]]
+    reasons: list[str] = field(default_factory=list)
 
 
-def vote(gallery: ChildSearch, embeddings: np.ndarray, settings: Settings) -> Vote:
-    """A track's decision from its best embeddings: mean child-level score per child over the
-    embeddings, then the API's rule (`decide`) on the best child and its margin to the runner-up."""
-    vectors = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
-    k = max(2, settings.top_k)
-    children = sorted({c.child_id for found in gallery.search(vectors, k) for c in found})
-    if not children:
-        return Vote("unknown", None, None, [])
+def _mean_scores(gallery: ChildSearch, vectors: np.ndarray, children: list[int]) -> dict[int, float]:
+    """Per child, the mean child-level score over the vectors (children without templates left out)."""
     totals: dict[int, list[float]] = {c: [] for c in children}
     for vector in vectors:
         for candidate in gallery.child_scores(vector, children):
             totals[candidate.child_id].append(candidate.score)
-    means = sorted(
-        ((child, float(np.mean(scores))) for child, scores in totals.items() if len(scores) == len(vectors)),
-        key=lambda item: -item[1],
-    )
+    return {child: float(np.mean(s)) for child, s in totals.items() if s and len(s) == len(vectors)}
+
+
+def vote(gallery: ChildSearch, embeddings: np.ndarray, settings: Settings, kin: Kin | None = None) -> Vote:
+    """A track's decision from its best embeddings: mean child-level score per child over the
+    embeddings, then the API's rule (`judge`: margins, marked siblings and twins in `kin`)."""
+    vectors = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
+    k = max(2, settings.top_k)
+    children = sorted({c.child_id for found in gallery.search(vectors, k) for c in found})
+    if not children:
+        return Vote("unknown", None, None, [], [NO_TEMPLATES])
+    means = sorted(_mean_scores(gallery, vectors, children).items(), key=lambda item: -item[1])
     if not means:
-        return Vote("unknown", None, None, [])
+        return Vote("unknown", None, None, [], [NO_TEMPLATES])
+    ruling = judge(
+        means, settings, kin=kin, score_missing=lambda missing: _mean_scores(gallery, vectors, missing)
+    )
     best_child, best = means[0]
-    margin = best - means[1][1] if len(means) > 1 else None
-    decision = decide(best, margin, settings)
-    candidates = means[:k]
-    return Vote(decision, None if decision == "unknown" else best_child, best, candidates)
+    decision = ruling.decision
+    return Vote(decision, None if decision == "unknown" else best_child, best, means[:k], ruling.reasons)
 
 
 @dataclass
@@ -267,8 +274,7 @@ class Watcher:
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self) -> WatchSummary:
-        pipeline = self.runtime.pipeline
-        self.runtime.current_gallery()  # load the index before the first frame
+        self.runtime.current_gallery()  # load the models and the index before the first frame
         for state in self._sources:
             self._heartbeat(state, force=True)
             state.source.start()
@@ -281,7 +287,9 @@ class Watcher:
                     self._heartbeats()
                     self._stop.wait(_IDLE_WAIT_S)
                     continue
-                self._step(pipeline, batch)
+                # the served model's pipeline, taken per batch: after a model switch the batch's
+                # embeddings and the gallery they are searched in are of one model (Runtime.pipeline)
+                self._step(self.runtime.pipeline, batch)
                 self._heartbeats()
         finally:
             for state in self._sources:
@@ -384,12 +392,13 @@ class Watcher:
 
         started = time.perf_counter()
         gallery = self.runtime.current_gallery()
-        settings = self.runtime.settings
+        settings, kin = self.runtime.settings, self.runtime.current_relations()
         changed = []
         for state, identity in {id(i): (s, i) for s, i, _ in wanted}.values():
-            result = vote(gallery, np.stack([e.embedding for e in identity.evidence]), settings)
+            result = vote(gallery, np.stack([e.embedding for e in identity.evidence]), settings, kin)
             identity.decision, identity.child_id = result.decision, result.child_id
             identity.score, identity.candidates = result.score, result.candidates
+            identity.reasons = result.reasons
             if identity.reported != (result.decision, result.child_id):
                 changed.append((state, identity))
         self.summary.seconds["vote"] += time.perf_counter() - started

@@ -129,6 +129,28 @@ class FacePipeline:
         """Faces of every image with quality and chips, without embeddings."""
         return self._run([self.decode(image) for image in images], embed=False)
 
+    def embed_at(
+        self, images: Sequence[ImageInput], image_index: Sequence[int], landmarks: np.ndarray
+    ) -> np.ndarray:
+        """Embeddings of faces at known landmarks, without detection: (N, dim) float32 unit vectors.
+
+        Face n is in `images[image_index[n]]` with `landmarks[n]` ((N, 5, 2), that image's pixels, as
+        stored with a face): the same align + embed as `process`, so a stored face's embedding can be
+        computed again from its photo (`childface verify`) or with another model.
+        """
+        decoded = [self.decode(image) for image in images]
+        points = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2)
+        if len(image_index) != len(points):
+            raise ValueError(f"{len(image_index)} image indexes for {len(points)} faces")
+        if not len(points):
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        template = self.embedder.template
+        with self._lock, torch.inference_mode():
+            chips, _ = align_faces(
+                decoded, list(image_index), points, template, self.embedder.chip_size, self.device
+            )
+            return self._embed(chips)
+
     def _run(
         self, images: list[np.ndarray], *, embed: bool, exclusive: bool = True
     ) -> list[list[DetectedFace]]:
@@ -187,6 +209,7 @@ def _model_key(settings: Settings) -> tuple[object, ...]:
         settings.embedder,
         settings.embedder_weights,
         settings.embedder_arch,
+        settings.embedder_flip_tta,
     )
 
 

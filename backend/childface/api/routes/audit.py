@@ -1,4 +1,4 @@
-"""The audit trail: filtered and paginated, as JSON or CSV, and one child's history."""
+"""The audit trail: filtered and paginated, as JSON or CSV, one child's history, and undo."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from childface.api.deps import Offset, PathId, QueryId, Reader, RuntimeDep
-from childface.api.schemas import AuditEventPublic, AuditPage
-from childface.services import audit_log
+from childface.api.deps import Offset, PathId, QueryId, Reader, RuntimeDep, Writer
+from childface.api.schemas import AuditEventPublic, AuditPage, ErrorResponse
+from childface.api.schemas_undo import UndoPublic
+from childface.services import audit_log, undo
 from childface.services.children import MAX_PAGE
 
 router = APIRouter(tags=["audit"])
@@ -18,9 +19,13 @@ router = APIRouter(tags=["audit"])
 CSV_RESPONSE = {200: {"content": {"text/csv": {}}, "description": "CSV export (formula cells neutralised)"}}
 
 
-def _page(page: audit_log.Page) -> AuditPage:
+def _page(runtime: RuntimeDep, page: audit_log.Page) -> AuditPage:
+    hints = undo.undoable(runtime.db, page.items)
     return AuditPage(
-        items=[AuditEventPublic.model_validate(e) for e in page.items],
+        items=[
+            AuditEventPublic.model_validate(e).model_copy(update={"undoable": hints.get(e.seq, False)})
+            for e in page.items
+        ],
         total=page.total,
         limit=page.limit,
         offset=page.offset,
@@ -60,7 +65,7 @@ def list_audit_events(
     }
     if format == "csv":
         return _csv(runtime, **filters)
-    return _page(audit_log.query_events(db=runtime.db, limit=limit, offset=offset, **filters))
+    return _page(runtime, audit_log.query_events(db=runtime.db, limit=limit, offset=offset, **filters))
 
 
 @router.get("/audit.csv", response_class=StreamingResponse, responses=CSV_RESPONSE)
@@ -95,4 +100,35 @@ def child_history(
     offset: Offset = 0,
 ) -> AuditPage:
     """Everything that happened to one child, newest first (also after erasure: the tombstone)."""
-    return _page(audit_log.query_events(db=runtime.db, child_id=child_id, limit=limit, offset=offset))
+    page = audit_log.query_events(db=runtime.db, child_id=child_id, limit=limit, offset=offset)
+    return _page(runtime, page)
+
+
+@router.post(
+    "/audit/{seq}/undo",
+    response_model=UndoPublic,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
+def undo_change(seq: PathId, principal: Writer, runtime: RuntimeDep) -> UndoPublic:
+    """Undo audit event `seq`, restoring exactly the state before it; the undo is itself audited
+    (`audit.undone`) and can be undone (a redo).
+
+    Undoable: `child.merged`, `child.archived`, `child.unarchived`, `face.reassigned`,
+    `face.rejected`, `face.removed` (while the face is kept), `review.resolved`,
+    `face.auto_template`, `audit.undone`. 404 for an unknown seq; 409 with the reason as `code`:
+    `irreversible` (an erasure, or a change to a child erased since), `not_undoable`,
+    `already_undone`, `changed_since` (a later change touched the same child or face: undo that
+    first), `purged` (the removed face is no longer kept), `face_replaced`; `error.details` names
+    the later change or the undo (seq, action, at, actor).
+    """
+    result = undo.undo(db=runtime.db, actor=principal.actor, seq=seq, permissions=principal.permissions)
+    runtime.catch_up()
+    return UndoPublic(
+        seq=result.seq,
+        undone_seq=result.undone_seq,
+        action=result.action,
+        redo=result.redo,
+        summary=result.summary,
+        face_ids=result.face_ids,
+        child_ids=result.child_ids,
+    )

@@ -19,10 +19,12 @@ from childface.api.schemas import (
     FacePublic,
     MergeRequest,
     MergeResult,
+    NeedsNewPhotos,
+    PhotoAgePublic,
 )
 from childface.db.models import ChildStatus, ImageSource, ReviewState
 from childface.services import children as children_service
-from childface.services import enrollment, erasure, faces, merging
+from childface.services import enrollment, erasure, faces, merging, templates
 from childface.services.errors import InvalidInput
 
 router = APIRouter(prefix="/children", tags=["children"])
@@ -79,6 +81,32 @@ def list_children(
         total=page.total,
         limit=page.limit,
         offset=page.offset,
+    )
+
+
+# before /{child_id}: "needs-new-photos" is not a child id
+@router.get("/needs-new-photos", response_model=NeedsNewPhotos)
+def needs_new_photos(
+    _: Reader,
+    runtime: RuntimeDep,
+    group: Annotated[str | None, Query(max_length=100, description="Only this group")] = None,
+) -> NeedsNewPhotos:
+    """Active children whose newest template's photo was taken more than `stale_template_days` ago
+    (`stale`), and active children with no template at all (`no_photos`)."""
+    needs = templates.children_needing_photos(db=runtime.db, settings=runtime.settings, group=group)
+
+    def public(age: templates.PhotoAge) -> PhotoAgePublic:
+        return PhotoAgePublic(
+            child_id=age.child_id, external_id=age.external_id, name=age.name, group=age.group,
+            newest_taken_at=age.newest_taken_at, newest_taken_at_source=age.newest_taken_at_source,
+            age_days=age.age_days, n_templates=age.templates,
+        )
+
+    return NeedsNewPhotos(
+        stale_template_days=needs.stale_days,
+        as_of=needs.as_of,
+        stale=[public(a) for a in needs.stale],
+        no_photos=[public(a) for a in needs.no_photos],
     )
 
 

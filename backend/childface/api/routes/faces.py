@@ -47,8 +47,10 @@ def face_photo(face_id: PathId, _: Writer, runtime: RuntimeDep) -> Response:
 
 @router.delete("/{face_id}", response_model=FacePublic)
 def remove_face(face_id: PathId, principal: Writer, runtime: RuntimeDep) -> FacePublic:
-    """Delete the face and its embedding (its photo too when no other face remains on it)."""
-    face = faces.remove_face(db=runtime.db, media=runtime.media, actor=principal.actor, face_id=face_id)
+    """Remove the face: it leaves recognition at once. It is kept `removed_faces_keep_days` (with its
+    photo) so the removal can be undone (`POST /audit/{seq}/undo`), then deleted for good."""
+    face = faces.remove_face(db=runtime.db, media=runtime.media, actor=principal.actor, face_id=face_id,
+                             keep_days=runtime.settings.removed_faces_keep_days)
     runtime.catch_up()
     return face_public(face)
 
@@ -58,14 +60,14 @@ def reassign_face(
     face_id: PathId, body: ReassignRequest, principal: Writer, runtime: RuntimeDep
 ) -> FacePublic:
     """Move the face to another child (it was enrolled under the wrong one)."""
-    face = faces.reassign_face(db=runtime.db, actor=principal.actor, face_id=face_id, child_id=body.child_id)
+    faces.reassign_face(db=runtime.db, actor=principal.actor, face_id=face_id, child_id=body.child_id)
     runtime.catch_up()
-    return face_public(face)
+    return face_public(faces.get_face(db=runtime.db, face_id=face_id))  # with its photo's date
 
 
 @router.post("/{face_id}/reject", response_model=FacePublic)
 def reject_face(face_id: PathId, principal: Writer, runtime: RuntimeDep) -> FacePublic:
     """Keep the face on record but take it out of the search."""
-    face = faces.reject_face(db=runtime.db, actor=principal.actor, face_id=face_id)
+    faces.reject_face(db=runtime.db, actor=principal.actor, face_id=face_id)
     runtime.catch_up()
-    return face_public(face)
+    return face_public(faces.get_face(db=runtime.db, face_id=face_id))  # with its photo's date

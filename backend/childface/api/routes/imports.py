@@ -49,6 +49,18 @@ class ImportPlanRow(BaseModel):
     reason: str
 
 
+class ImportPlanRelation(BaseModel):
+    child_id: str = Field(description="External id of the child whose row names the other.")
+    other_id: str
+    kind: Literal["sibling", "twin"]
+    lines: list[int] = Field(description="The CSV lines that name the pair.")
+    action: Literal["add", "exists", "refused"] = Field(
+        description="add: marked after the photos are imported (when both children exist then); exists: "
+        "marked already (an import never changes a marked pair); refused: see reason."
+    )
+    reason: str
+
+
 class ImportPlanPublic(BaseModel):
     counts: dict[str, int] = Field(
         description="rows, to_import, already_imported, duplicate, refused, new_children, new_photos"
@@ -58,6 +70,9 @@ class ImportPlanPublic(BaseModel):
     columns: dict[str, Any] = Field(description="Which CSV column feeds each field.")
     new_children: list[str]
     rows: list[ImportPlanRow]
+    relations: list[ImportPlanRelation] = Field(
+        default=[], description="Sibling and twin pairs named by sibling_of / twin_of columns."
+    )
 
 
 class ImportRunPublic(BaseModel):
@@ -73,7 +88,8 @@ class ImportRunPublic(BaseModel):
                                                 "rows an earlier run had imported); inconsistent (rows "
                                                 "whose face did not look like the child's other photos: "
                                                 "imported with a note, or refused when strict); at the end "
-                                                "rows, children_created")
+                                                "rows, children_created, and with sibling_of / twin_of "
+                                                "columns relations_added, relations_skipped")
     report_available: bool
 
 
@@ -152,6 +168,7 @@ def _run_in_background(
             max_pixels=runtime.settings.max_image_pixels, report_path=_report_path(runtime, run_id),
             progress=lambda p: _live.update(run_id, p), after_commit=runtime.catch_up, plan=plan,
             run_id=run_id, consistency=ConsistencyCheck.for_runtime(runtime), strict=strict,
+            local_zone=runtime.settings.attendance_timezone,
         )
     except Exception:  # noqa: BLE001 - a background thread has no caller: log; the run row says failed
         log.exception("import run %s failed", run_id)

@@ -37,7 +37,8 @@ def recognize(
     over the next child). `review`: plausible but unsure; the face is queued for
     staff (`review_id`); `review_queued` false with `review_not_queued_reason` when it
     was not (`queue_review` false, or this face of this photo is already on record).
-    `unknown`: nobody enrolled is close.
+    `unknown`: nobody enrolled is close. `reasons` says why a face is not a `match`
+    (`below_accept`, `small_margin`, `sibling`, `twin`, `quality:blurred`, ...).
     """
     result = photo_recognition.recognize_photo(
         runtime=runtime, actor=principal.actor, data=file.file.read(), top_k=top_k, queue_review=queue_review
@@ -50,6 +51,7 @@ def recognize(
             RecognizedFace(
                 **detected_public(r.face).model_dump(),
                 decision=r.decision,  # type: ignore[arg-type]
+                reasons=r.reasons,
                 candidates=[Candidate(**c.__dict__) for c in r.candidates],
                 review_id=r.review_id,
                 review_queued=r.review_queued,

@@ -42,7 +42,7 @@ def _item_public(view: review.ReviewView) -> ReviewItemPublic:
     return ReviewItemPublic(
         id=item.id,
         status=item.status.value,
-        face=face_public(view.face),
+        face=face_public(view.face, view.image),
         image_width=view.image.width,
         image_height=view.image.height,
         source=_source(view.queued_by),
@@ -55,6 +55,7 @@ def _item_public(view: review.ReviewView) -> ReviewItemPublic:
             )
             for c in item.candidates
         ],
+        reasons=list(item.reasons or []),
         resolution=item.resolution,
         resolved_by=item.resolved_by,
         resolved_at=item.resolved_at,

@@ -5,7 +5,11 @@
   or `settings.embedder_weights`;
 - "arcface": an ArcFace backbone from `settings.embedder_weights` (.pth with
   `settings.embedder_arch`, or .onnx).
-Models are cached per (name, weights, arch, device, batch size); `unload_embedders()` frees them.
+With `settings.embedder_flip_tta` (the default) the model is wrapped in `flip.FlipEmbedder`
+(each face's embedding averaged with its mirror image's; model id "<name>+flip:<hash16>"), a
+space of its own.
+Models are cached per (name, weights, arch, device, batch size, flip); the flip wrapper shares
+the plain model's weights. `unload_embedders()` frees them.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from pathlib import Path
 
 from childface.config import Settings
 from childface.vision.embedders.base import Embedder
+from childface.vision.embedders.flip import FlipEmbedder
 
 __all__ = ["Embedder", "load_embedder", "unload_embedders"]
 
-_cache: dict[tuple[str, str | None, str, str, int], Embedder] = {}
+_cache: dict[tuple[str, str | None, str, str, int, bool], Embedder] = {}
 _lock = threading.Lock()
 
 
@@ -51,12 +56,16 @@ def load_embedder(settings: Settings) -> Embedder:
         settings.embedder_arch,
         device,
         settings.batch_size,
+        settings.embedder_flip_tta,
     )
+    plain = (*key[:-1], False)
     with _lock:  # one build per key even when API worker threads ask at once
-        if key not in _cache:
-            _cache[key] = _build(
+        if plain not in _cache:
+            _cache[plain] = _build(
                 settings.embedder, weights, settings.embedder_arch, device, settings.batch_size
             )
+        if key not in _cache:
+            _cache[key] = FlipEmbedder(_cache[plain])
         return _cache[key]
 
 
