@@ -114,11 +114,12 @@ class Settings(BaseSettings):
 
     # --- recognition decisions (cosine similarity of unit vectors) ---------
     accept_threshold: float = Field(
-        default=0.94,
+        default=0.95,
         ge=-1.0,
         le=1.0,
         description="Child score at or above which (with match_margin) recognition says 'match'. "
-        "Measured for dlib-resnet: above the highest of 1008 real impostor pairs (0.935); "
+        "Measured for the default dlib-resnet+flip: above the highest of 1008 real impostor pairs "
+        "(0.945; 0.935 without flip); "
         "`childface calibrate` proposes one for your gallery. Other embedders need their own.",
     )
     review_threshold: float = Field(

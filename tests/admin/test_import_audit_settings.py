@@ -146,7 +146,7 @@ def test_settings_change_thresholds_for_every_process_and_set_them_back(
     assert "changed by admin" in at.number_input(key="setting_accept_threshold").label
     events = client(live).get("/audit", action="settings.changed")["items"]
     assert [(e["before"], e["after"]) for e in events] == [
-        ({"accept_threshold": 0.94, "review_threshold": 0.9},
+        ({"accept_threshold": 0.95, "review_threshold": 0.9},
          {"accept_threshold": 0.97, "review_threshold": 0.93}),
     ]
 
@@ -157,8 +157,8 @@ def test_settings_change_thresholds_for_every_process_and_set_them_back(
 
     at.button(key="settings_reset").click().run()
     assert not at.exception, at.exception
-    assert live.runtime.settings.accept_threshold == live.runtime.configured_settings.accept_threshold == 0.94
-    assert at.number_input(key="setting_accept_threshold").value == 0.94
+    assert live.runtime.settings.accept_threshold == live.runtime.configured_settings.accept_threshold == 0.95
+    assert at.number_input(key="setting_accept_threshold").value == 0.95
 
     # calibration: a face moved to the wrong child is named and left out, the faces that set the
     # proposal are shown, and the proposal is applied in one click

@@ -101,6 +101,8 @@ class Evidence:
     quality: QualityReport
     embedding: np.ndarray
     chip: np.ndarray
+    #: the embedding model: after a `switch-model` a track votes only with the new model's faces
+    model_id: str = ""
 
 
 @dataclass
@@ -130,6 +132,7 @@ class TrackIdentity:
         return len(self.evidence) < options.votes or face.quality.score > self.evidence[0].quality.score
 
     def add(self, evidence: Evidence, options: WatchOptions) -> None:
+        self.evidence = [e for e in self.evidence if e.model_id == evidence.model_id]
         self.evidence.append(evidence)
         self.evidence.sort(key=lambda e: -e.quality.score)
         del self.evidence[options.votes :]
@@ -387,7 +390,7 @@ class Watcher:
             vectors = pipeline.embedder.embed(tensor).float().cpu().numpy()
         self.summary.embedded += len(wanted)
         for (_, identity, face), vector in zip(wanted, vectors, strict=True):
-            identity.add(Evidence(face.quality, vector, face.chip), self.options)
+            identity.add(Evidence(face.quality, vector, face.chip, pipeline.model_id), self.options)
         self.summary.seconds["embed"] += time.perf_counter() - started
 
         started = time.perf_counter()
@@ -395,7 +398,10 @@ class Watcher:
         settings, kin = self.runtime.settings, self.runtime.current_relations()
         changed = []
         for state, identity in {id(i): (s, i) for s, i, _ in wanted}.values():
-            result = vote(gallery, np.stack([e.embedding for e in identity.evidence]), settings, kin)
+            evidence = [e.embedding for e in identity.evidence if e.model_id == gallery.model_key]
+            if not evidence:  # the model was switched since these faces were embedded
+                continue
+            result = vote(gallery, np.stack(evidence), settings, kin)
             identity.decision, identity.child_id = result.decision, result.child_id
             identity.score, identity.candidates = result.score, result.candidates
             identity.reasons = result.reasons
