@@ -85,6 +85,12 @@ class Base(DeclarativeBase):
 NO_ID_REUSE = {"sqlite_autoincrement": True}
 
 
+def at_most_one(name: str, column: str, value: str) -> Index:
+    """A partial unique index: at most one row of the table has `column == value` (on both back ends)."""
+    where = text(f"{column} = '{value}'")
+    return Index(name, column, unique=True, sqlite_where=where, postgresql_where=where)
+
+
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
     # Store the readable value, checked by a CHECK constraint rather than a native PG enum,
     # so adding a member later is a plain migration on both back ends.
@@ -234,13 +240,7 @@ class EmbeddingModel(Base):
 
     __tablename__ = "embedding_models"
     __table_args__ = (
-        Index(
-            "uq_embedding_models_one_current",
-            "state",
-            unique=True,
-            sqlite_where=text("state = 'current'"),
-            postgresql_where=text("state = 'current'"),
-        ),
+        at_most_one("uq_embedding_models_one_current", "state", "current"),
         NO_ID_REUSE,
     )
 
@@ -404,13 +404,7 @@ class ImportRun(Base):
 
     __tablename__ = "import_runs"
     __table_args__ = (
-        Index(
-            "uq_import_runs_one_running",
-            "status",
-            unique=True,
-            sqlite_where=text("status = 'running'"),
-            postgresql_where=text("status = 'running'"),
-        ),
+        at_most_one("uq_import_runs_one_running", "status", "running"),
         NO_ID_REUSE,
     )
 
@@ -632,13 +626,7 @@ class ReembedJob(Base):
 
     __tablename__ = "reembed_jobs"
     __table_args__ = (
-        Index(
-            "uq_reembed_jobs_one_running",
-            "status",
-            unique=True,
-            sqlite_where=text("status = 'running'"),
-            postgresql_where=text("status = 'running'"),
-        ),
+        at_most_one("uq_reembed_jobs_one_running", "status", "running"),
         NO_ID_REUSE,
     )
 

@@ -593,17 +593,13 @@ def read_indexable(
         sizes = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
         good = sizes == dim * 4
         intact = checksums_hold(model_row, blobs, checksums)
-        if not intact.all():
-            for face_id in np.asarray(batch_ids)[~intact].tolist():
-                log.error("face %d: stored embedding fails its checksum; left out (verify --repair)", face_id)
+        _log_left_out(np.asarray(batch_ids)[~intact], "fail their checksum")
         good &= intact
         block = np.frombuffer(b"".join(b for b, ok in zip(blobs, good, strict=True) if ok), dtype="<f4")
         block = block.reshape(-1, dim)
         unit = np.abs(np.linalg.norm(block, axis=1) - 1.0) <= 1e-3
         good[good] = unit
-        if not (good | ~intact).all():
-            for face_id in np.asarray(batch_ids)[~good & intact].tolist():
-                log.error("face %d: stored embedding is not a unit %d-d vector; left out", face_id, dim)
+        _log_left_out(np.asarray(batch_ids)[~good & intact], f"are not unit {dim}-d vectors")
         n = int(good.sum())
         if filled + n > len(ids):  # rows committed after the count (SQLite outside a snapshot)
             grow = max(filled + n, 2 * len(ids))
@@ -616,6 +612,14 @@ def read_indexable(
     if filled < len(ids):
         ids, children, vectors = ids[:filled], children[:filled], vectors[:filled].copy()
     return IndexableFaces(ids, children, vectors)
+
+
+def _log_left_out(face_ids: np.ndarray, why: str, shown: int = 20) -> None:
+    """One line per batch, not per face: a damaged table may hold thousands of such rows."""
+    if len(face_ids):
+        more = f" and {len(face_ids) - shown} more" if len(face_ids) > shown else ""
+        log.error("stored embeddings of %d face(s) %s; left out (childface verify --repair): %s%s",
+                  len(face_ids), why, ", ".join(map(str, face_ids[:shown].tolist())), more)
 
 
 def checksums_hold(model_row: int, blobs: Sequence[bytes], checksums: Sequence[str | None]) -> np.ndarray:

@@ -54,7 +54,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -66,7 +66,6 @@ from childface.db.models import (
     Face,
     Image,
     ImageSource,
-    RemovedFace,
     ReviewItem,
     Sighting,
     SightingDecision,
@@ -79,6 +78,7 @@ from childface.services.cameras import store_frame, update_camera_status  # noqa
 from childface.services.errors import InvalidInput, NotFound
 from childface.services.file_journal import pending_writes, sweep
 from childface.services.media import MediaStore, encode_jpeg
+from childface.services.removed_faces import delete_photos, unused_photos
 
 if TYPE_CHECKING:
     from childface.config import Settings
@@ -447,16 +447,10 @@ def drop_crops(session: Session, sighting_ids: list[int], paths: list[str]) -> l
     paths = sorted(set(paths))
     if not paths:
         return []
-    unused = and_(
-        Image.path.in_(paths),
-        ~exists().where(Face.image_id == Image.id),
-        ~exists().where(RemovedFace.image_id == Image.id),  # kept for undo: the cascade would drop it
-        ~exists().where(Sighting.best_crop_path == Image.path),
-    )
-    gone = list(session.scalars(select(Image.sha256).where(unused)))
-    if gone:
-        session.execute(delete(Image).where(Image.sha256.in_(gone)))  # journaled by file_journal's hook
-    return gone
+    # the one "photo nothing uses" rule: faces, removed faces kept for undo, other sightings' crops
+    photos = unused_photos(session, list(session.scalars(select(Image.id).where(Image.path.in_(paths)))))
+    delete_photos(session, photos)
+    return [sha for _, sha, _ in photos]
 
 
 # ---- queries: sightings and their crops ----------------------------------------------------------
